@@ -1,0 +1,49 @@
+# fit3dmm developer and user tasks. `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+SHARED ?= ../shared
+# torch is pinned: this version resolves to the local CPU wheel; others pull gigabytes of CUDA packages.
+TORCH ?= torch==2.13.0
+PHOTO ?= $(SHARED)/data/photos/000050.jpg
+OUT ?= out
+
+BIN := $(VENV)/bin
+export FIT3DMM_SHARED := $(abspath $(SHARED))
+
+.PHONY: setup check-shared model demo test bench annotate clean
+
+$(BIN)/fit3dmm: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+setup: $(BIN)/fit3dmm
+
+check-shared:
+	@test -d "$(SHARED)/models/ict-facekit" || { echo "error: $(SHARED) (the shared data folder) is missing" >&2; exit 1; }
+
+# Installs the default model into the user's model folder (see README, "Face models").
+model: setup check-shared
+	$(BIN)/fit3dmm model import-ict "$(SHARED)/models/ict-facekit/ict_facekit_light.npz"
+
+demo: model
+	$(BIN)/fit3dmm fit "$(PHOTO)" -o "$(OUT)" --overwrite
+	@echo "results in $(OUT)/$$(basename "$(PHOTO)" | sed 's/\.[^.]*$$//')/"
+
+test: setup check-shared
+	$(BIN)/python -m pytest -q
+
+bench: setup check-shared
+	$(BIN)/python -m fit3dmm.bench
+
+# Regenerates the shipped part annotation of the ICT model from CelebAMask-HQ (about 25 min here).
+annotate: setup check-shared
+	FIT3DMM_MODELS=$(abspath .annotate) $(BIN)/fit3dmm model import-ict --no-parts "$(SHARED)/models/ict-facekit/ict_facekit_light.npz"
+	FIT3DMM_MODELS=$(abspath .annotate) $(BIN)/fit3dmm model annotate ict \
+	  --images "$(SHARED)/data/celebamask-hq/images" --masks "$(SHARED)/data/celebamask-hq/masks" \
+	  --check 180 --export fit3dmm/data/ict_parts.npz
+
+clean:
+	rm -rf $(VENV) $(OUT) .annotate .pytest_cache

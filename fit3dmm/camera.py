@@ -1,0 +1,58 @@
+"""Pose and perspective projection.
+
+Frames: the model frame has x = subject's left, y up, z out of the face; the camera frame is OpenCV's
+(x right, y down, z forward), so a face at zero rotation looks into the camera. Screen coordinates are
+pixels of the fitting crop with pixel centres at integers (x = column, y = row).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+#: Model frame -> camera frame at zero rotation (flip y and z).
+MODEL_TO_CAMERA = (1.0, -1.0, -1.0)
+
+
+def rotation_matrix(angles: Tensor) -> Tensor:
+    """(3,) pitch, yaw, roll in radians (about camera x, y, z) -> (3, 3) R = Rz @ Ry @ Rx."""
+    cx, cy, cz = torch.cos(angles).unbind(-1)
+    sx, sy, sz = torch.sin(angles).unbind(-1)
+    one, zero = torch.ones_like(cx), torch.zeros_like(cx)
+    rx = torch.stack([one, zero, zero, zero, cx, -sx, zero, sx, cx]).reshape(3, 3)
+    ry = torch.stack([cy, zero, sy, zero, one, zero, -sy, zero, cy]).reshape(3, 3)
+    rz = torch.stack([cz, -sz, zero, sz, cz, zero, zero, zero, one]).reshape(3, 3)
+    return rz @ ry @ rx
+
+
+@dataclass(frozen=True)
+class Camera:
+    """Pinhole camera of a square fitting crop: focal length and principal point in crop pixels."""
+
+    focal: float
+    size: int
+
+    @classmethod
+    def for_crop(cls, size: int, focal_ratio: float) -> "Camera":
+        return cls(focal=focal_ratio * size, size=size)
+
+    @property
+    def center(self) -> float:
+        return (self.size - 1) / 2.0
+
+    def to_camera(self, vertices: Tensor, angles: Tensor, translation: Tensor) -> Tensor:
+        """(V, 3) model-frame vertices -> (V, 3) camera frame."""
+        flip = vertices.new_tensor(MODEL_TO_CAMERA)
+        return (vertices * flip) @ rotation_matrix(angles).T + translation
+
+    def project(self, cam_points: Tensor) -> Tensor:
+        """(V, 3) camera frame -> (V, 3) screen: x, y in crop pixels, z the camera depth."""
+        z = cam_points[:, 2:3]
+        xy = self.focal * cam_points[:, :2] / z + self.center
+        return torch.cat([xy, z], dim=1)
+
+    def depth_for_width(self, width_model: float, width_pixels: float) -> float:
+        """Distance at which a model length spans the given number of pixels (rigid initialization)."""
+        return self.focal * width_model / max(width_pixels, 1e-6)

@@ -1,0 +1,67 @@
+"""CelebAMask-HQ style data: ``images/<stem>.jpg`` with ``masks/<stem>.png`` label maps.
+
+About 7% of CelebAMask-HQ masks swap the subject's left and right eyes/brows, so left/right are
+decided here by image position: the subject's left appears on the image's right.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import InputError
+
+#: (subject's left id, subject's right id) pairs whose sides are decided by position.
+SIDED_PAIRS = ((4, 5), (6, 7), (8, 9))
+
+
+def fix_left_right(labels: np.ndarray) -> np.ndarray:
+    """Relabel each sided pair so the part lying farther right in the image is the subject's left.
+
+    With both parts present their centroids decide; with one, the face's (skin) centroid does.
+    """
+    out = labels.copy()
+    skin_x = np.nonzero(labels == 1)[1]
+    centre = skin_x.mean() if len(skin_x) else labels.shape[1] / 2
+    for left, right in SIDED_PAIRS:
+        xl, xr = np.nonzero(labels == left)[1], np.nonzero(labels == right)[1]
+        if len(xl) and len(xr):
+            swap = xl.mean() < xr.mean()
+        elif len(xl) or len(xr):
+            x = (xl if len(xl) else xr).mean()
+            swap = (x > centre) != bool(len(xl))
+        else:
+            continue
+        if swap:
+            out[labels == left], out[labels == right] = right, left
+    return out
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """(H, W) uint8 label ids. Pillow, not OpenCV: CelebAMask-HQ masks are palette PNGs, whose indices
+    are the labels, and OpenCV would expand them to the palette's colours."""
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "L"):
+                raise InputError(f"{path}: not a single-channel label image (mode {im.mode})")
+            return np.asarray(im, dtype=np.uint8)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: unreadable label image ({e})") from e
+
+
+def image_mask_pairs(images: str | Path, masks: str | Path) -> list[tuple[Path, Path]]:
+    """(image, mask) pairs matched by file stem, sorted by stem."""
+    masks_by_stem = {p.stem: p for p in Path(masks).glob("*.png")}
+    pairs = [(p, masks_by_stem[p.stem]) for p in sorted(Path(images).iterdir()) if p.stem in masks_by_stem]
+    if not pairs:
+        raise InputError(f"no image in {images} has a mask of the same name in {masks}")
+    return pairs
+
+
+def split_of(stem: str) -> str:
+    """Fixed split by a hash of the file stem: 'val' (20%) or 'train'. The learned parser never trains
+    on 'val', and the model annotation votes on 'train' only, so 'val' scores stay honest."""
+    return "val" if int(hashlib.md5(stem.encode()).hexdigest(), 16) % 5 == 0 else "train"

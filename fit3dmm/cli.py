@@ -1,0 +1,197 @@
+"""The ``fit3dmm`` command: parses, calls the library, reports. All maths lives in the library."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .errors import Fit3dmmError
+
+console = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    sys.exit(1)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(), console=console, transient=False,
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fit3dmm")
+def main() -> None:
+    """Fit a 3D Morphable Face Model to photos, guided by facial part segmentation (PRDL)."""
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output folder; one subfolder per image.")
+@click.option("--loss", default="prdl", show_default=True, help="Segmentation loss: a registered loss name, or 'none' for landmark + photometric only.")
+@click.option("--model", default="ict", show_default=True, help="Installed model name or path to a model .npz.")
+@click.option("--segmenter", default="landmarks", show_default=True, help="Part segmenter for the PRDL target.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--face", "face_index", default=0, show_default=True, help="Which face, by size (0 = largest).")
+@click.option("--iterations", default=120, show_default=True, help="Iterations of the final (all-losses) stage.")
+@click.option("--overwrite", is_flag=True, help="Replace existing result folders.")
+def fit(inputs, out, loss, model, segmenter, device, face_index, iterations, overwrite) -> None:
+    """Fit each INPUT (an image, or a folder of images) and write OUT/<stem>/."""
+    from .config import FitConfig
+    from .losses import REGISTRY, SEGMENTATION_LOSSES
+    from .outputs import write_result
+    from .pipeline import Pipeline, collect_images, load_image
+
+    if loss != "none" and (loss not in REGISTRY or loss not in SEGMENTATION_LOSSES):
+        _fail(f"unknown --loss '{loss}'; choose from: {', '.join((*SEGMENTATION_LOSSES, 'none'))}")
+    images = collect_images(list(inputs))
+    if not images:
+        _fail("no images found in the inputs")
+    try:
+        config = FitConfig.create(loss=loss, iterations=iterations, model=model, segmenter=segmenter,
+                                  device=device, face_index=face_index)
+        pipeline = Pipeline(config)
+    except (Fit3dmmError, ValueError) as e:
+        _fail(str(e))
+    failed: list[tuple[Path, str]] = []
+    done: list[tuple[Path, float]] = []
+    stems: set[str] = set()
+    with _progress() as bar:
+        overall = bar.add_task("images", total=len(images), info="")
+        stage_task = bar.add_task("", total=1, info="")
+        for path in images:
+            target_dir = out / path.stem
+            if path.stem in stems:
+                failed.append((path, f"another input already wrote {target_dir}"))
+                bar.advance(overall)
+                continue
+            stems.add(path.stem)
+            if target_dir.exists() and not overwrite:
+                failed.append((path, f"{target_dir} exists (use --overwrite)"))
+                bar.advance(overall)
+                continue
+
+            def on_progress(p, path=path):
+                bar.update(stage_task, description=f"{path.name}: {p.stage} ({p.stage_index + 1}/{p.n_stages})",
+                           completed=p.iteration, total=p.iterations,
+                           info=" ".join(f"{k}={v:.3g}" for k, v in p.losses.items()))
+
+            t0 = time.perf_counter()
+            try:
+                result = pipeline.fit(load_image(path), on_progress)
+                write_result(result, target_dir, str(path), overwrite=overwrite)
+                done.append((path, time.perf_counter() - t0))
+            except (Fit3dmmError, OSError) as e:
+                failed.append((path, str(e)))
+                console.print(f"[red]failed[/red] {path}: {e}")
+            bar.advance(overall)
+    table = Table(title=f"fit3dmm fit: {len(done)} done, {len(failed)} failed")
+    table.add_column("image")
+    table.add_column("result")
+    for path, seconds in done:
+        table.add_row(str(path), f"[green]{out / path.stem}[/green] ({seconds:.1f} s)")
+    for path, message in failed:
+        table.add_row(str(path), f"[red]{message}[/red]")
+    console.print(table)
+    if failed:
+        sys.exit(1)
+
+
+@main.group()
+def model() -> None:
+    """Install, list and annotate face models."""
+
+
+@model.command("import-ict")
+@click.argument("src", type=click.Path(exists=True, path_type=Path))
+@click.option("--name", default="ict", show_default=True)
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), help="Write here instead of the install folder.")
+@click.option("--no-parts", is_flag=True, help="Leave out the shipped part annotation (to annotate afresh).")
+def import_ict_cmd(src, name, out, no_parts) -> None:
+    """Build a model from ICT-FaceKit: SRC is its FaceXModel folder (or the repository) or ict_facekit_light.npz."""
+    from .models import install_dir, save_model
+    from .models.ict import import_ict
+
+    try:
+        data = import_ict(src, name=name, with_parts=not no_parts)
+        path = save_model(data, out or install_dir() / f"{name}.npz")
+    except Fit3dmmError as e:
+        _fail(str(e))
+    parts = "with part annotation" if data.has_parts else "[yellow]without part annotation[/yellow]"
+    console.print(f"installed model '{name}' ({data.n_vertices} vertices, {len(data.triangles)} triangles, {parts}) at {path}")
+
+
+@model.command("list")
+def list_cmd() -> None:
+    """Show installed models and where they are."""
+    from .models import installed_models, load_model, search_path
+
+    table = Table(title="installed face models")
+    for col in ("name", "vertices", "identity", "expression", "albedo", "parts", "file"):
+        table.add_column(col)
+    for name, path in installed_models().items():
+        try:
+            d = load_model(path)
+        except Fit3dmmError as e:
+            table.add_row(name, "", "", "", "", "", f"[red]{e}[/red]")
+            continue
+        table.add_row(name, str(d.n_vertices), str(len(d.id_basis)), str(len(d.exp_basis)),
+                      str(0 if d.albedo_basis is None else len(d.albedo_basis)), "yes" if d.has_parts else "no", str(path))
+    Console().print(table)
+    console.print("search path: " + ", ".join(str(p) for p in search_path()))
+
+
+@model.command("annotate")
+@click.argument("model_name")
+@click.option("--images", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--masks", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--limit", type=int, help="Vote on at most this many photos (of the train split).")
+@click.option("--check", default=40, show_default=True, help="Validation-split photos to score the annotation on (0 = skip).")
+@click.option("--export", type=click.Path(path_type=Path), help="Also write the annotation alone (parts, skin_subset) to this .npz.")
+def annotate_cmd(model_name, images, masks, limit, check, export) -> None:
+    """Label MODEL's vertices with parts by voting on labelled photos (CelebAMask-HQ layout), and save it into the model."""
+    from .celeba import image_mask_pairs, split_of
+    from .models import PART_NAMES, FaceModel, load_model, resolve_model, save_model
+    from .models.annotate import annotate, apply_annotation, score_annotation
+
+    try:
+        path = resolve_model(model_name)
+        data = load_model(path)
+        pairs = image_mask_pairs(images, masks)
+    except Fit3dmmError as e:
+        _fail(str(e))
+    train = [p for p in pairs if split_of(p[0].stem) == "train"][:limit]
+    val = [p for p in pairs if split_of(p[0].stem) == "val"][:check]
+    with _progress() as bar:
+        task = bar.add_task("voting", total=len(train), info="")
+        result = annotate(FaceModel(data), train, progress=lambda i, n, name: bar.update(task, completed=i, info=Path(name).name))
+    for image, message in result.failures:
+        console.print(f"[yellow]skipped[/yellow] {image}: {message}")
+    annotated = apply_annotation(data, result, f"fit3dmm model annotate on {result.photos_used} photos of {images}")
+    save_model(annotated, path)
+    if export:
+        export.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(export, parts=result.parts.astype(np.int8), skin_subset=result.skin_subset.astype(np.int32))
+    counts = {name: int((result.parts == k).sum()) for k, name in enumerate(PART_NAMES)}
+    console.print(f"voted on {result.photos_used} photos; vertices per part: {counts}")
+    if val:
+        with _progress() as bar:
+            task = bar.add_task("scoring", total=len(val), info="")
+            scores = score_annotation(FaceModel(annotated), val, progress=lambda i, n, name: bar.update(task, completed=i))
+        table = Table(title=f"annotation quality: part IoU of landmark-only fits on {len(val)} validation photos")
+        table.add_column("part")
+        table.add_column("IoU", justify="right")
+        for name, value in scores.items():
+            table.add_row(name, f"{value:.3f}")
+        Console().print(table)
+    console.print(f"saved the annotation into {path}")

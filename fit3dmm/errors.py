@@ -1,0 +1,17 @@
+"""Exception hierarchy shared by the whole package."""
+
+
+class Fit3dmmError(Exception):
+    """Base class of every error fit3dmm raises on purpose."""
+
+
+class NoFaceError(Fit3dmmError):
+    """No face (or no confident face) was found in the photo."""
+
+
+class InputError(Fit3dmmError):
+    """The caller passed something unusable (wrong shape, dtype, missing file...)."""
+
+
+class ModelError(Fit3dmmError):
+    """A model file is missing or inconsistent."""

@@ -1,0 +1,161 @@
+"""The fitting loop: runs the configured stages (Adam) over the coefficients for one target."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .camera import MODEL_TO_CAMERA, Camera, rotation_matrix
+from .config import FitConfig, Stage
+from .losses import Frame, make_loss
+from .models.facemodel import FaceModel
+from .render import rasterize, vertex_normals, vertex_visibility
+from .render.shading import SH_COEFFS
+from .target import FitTarget
+
+#: Initial lighting: ambient only, as Deep3DFaceRecon's.
+AMBIENT_INIT = 0.8
+#: Occlusion depth tolerance as a fraction of the outer-eye-corner distance (about 2 mm on a face):
+#: small enough that eyeballs behind closed lids are hidden.
+DEPTH_TOL = 0.02
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Reported after each iteration: stage name, its index and count, iteration within it, the
+    stage's iteration count and the current weighted loss values."""
+
+    stage: str
+    stage_index: int
+    n_stages: int
+    iteration: int
+    iterations: int
+    losses: dict[str, float]
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass
+class FitResult:
+    params: dict[str, Tensor]
+    frame: Frame  # final frame, rasterized, no grad
+    landmarks68: Tensor  # (68, 2) fitted landmarks in crop pixels (jaw marched)
+    stage_losses: dict[str, dict[str, float]]  # final weighted loss values per stage
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Fitter:
+    """Fits a face model to targets with the stages of a FitConfig."""
+
+    def __init__(self, model: FaceModel, config: FitConfig):
+        self.model = model
+        self.config = config
+        self.camera = Camera.for_crop(config.crop_size, config.focal_ratio)
+        self.flip = model.mean.new_tensor(MODEL_TO_CAMERA)
+        lm = model.mean[model.landmarks68]
+        self.depth_tol = DEPTH_TOL * (lm[36] - lm[45]).norm().item()
+
+    def init_params(self, target: FitTarget) -> dict[str, Tensor]:
+        """Frontal pose placed and scaled so the model's eye corners and landmark centroid match."""
+        m, dev = self.model, self.model.mean.device
+        lm_model = m.mean[m.landmarks68]
+        lm_target = target.landmarks68
+        eye_model = (lm_model[36] - lm_model[45]).norm().item()
+        eye_px = (lm_target[36] - lm_target[45]).norm().item()
+        tz = self.camera.depth_for_width(eye_model, eye_px)
+        centroid_px = lm_target.mean(0)
+        centroid_model = (lm_model.mean(0) * self.flip)[:2]
+        txy = (centroid_px - self.camera.center) * tz / self.camera.focal - centroid_model
+        face = target.face_mask & ~target.occluded
+        mean_colour = target.image[face].mean(0) if face.any() else target.image.reshape(-1, 3).mean(0)
+        params = {
+            "angles": torch.zeros(3, device=dev),
+            "translation": torch.tensor([txy[0].item(), txy[1].item(), tz], device=dev),
+            "id": torch.zeros(m.n_id, device=dev),
+            "exp": torch.zeros(m.n_exp, device=dev),
+            "gamma": torch.zeros(3, SH_COEFFS, device=dev),
+        }
+        params["gamma"][:, 0] = AMBIENT_INIT
+        if m.has_albedo_basis:
+            params["albedo"] = torch.zeros(m.n_albedo, device=dev)
+        else:
+            # Start the free albedo at the face's mean colour undone by the initial ambient light.
+            ambient = AMBIENT_INIT * math.pi / math.sqrt(4 * math.pi)
+            params["albedo"] = (mean_colour / ambient).clamp(0, 1).expand(m.n_vertices, 3).clone()
+        return params
+
+    def frame(self, params: dict[str, Tensor], raster: bool, vertices: Tensor | None = None) -> Frame:
+        """One iteration's geometry; ``vertices`` skips the model when its coefficients are fixed."""
+        verts = self.model(params["id"], params["exp"]) if vertices is None else vertices
+        rotation = rotation_matrix(params["angles"]) * self.flip  # scales columns: R @ diag(flip)
+        cam = verts @ rotation.T + params["translation"]
+        screen = self.camera.project(cam)
+        frame = Frame(vertices=verts, screen=screen, rotation=rotation, params=params)
+        if raster:
+            tris = self.model.triangles
+            size = self.camera.size
+            frame.frags = rasterize(screen.detach(), tris, size, size)
+            frame.normals = vertex_normals(cam, tris)
+            tol = self.depth_tol / params["translation"][2].item()  # vertex_visibility's tolerance is relative
+            frame.visible = vertex_visibility(screen.detach(), tris, frame.frags, frame.normals.detach(), tol)
+        return frame
+
+    def _clamp(self, params: dict[str, Tensor]) -> None:
+        with torch.no_grad():
+            if self.model.expression_range is not None:
+                params["exp"].clamp_(*self.model.expression_range)
+            if not self.model.has_albedo_basis:
+                params["albedo"].clamp_(0, 1)
+
+    def run_stage(self, stage: Stage, params: dict[str, Tensor], losses: dict, report) -> dict[str, float]:
+        groups = [{"params": [params[name]], "lr": lr} for name, lr in stage.lrs]
+        for name, _ in stage.lrs:
+            params[name].requires_grad_(True)
+        opt = torch.optim.Adam(groups)
+        gamma = stage.lr_final ** (1.0 / max(stage.iterations - 1, 1))
+        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma)
+        raster = any(losses[name].needs_raster for name, _ in stage.losses)
+        shape_fixed = not {"id", "exp"} & {name for name, _ in stage.lrs}
+        vertices = self.model(params["id"], params["exp"]).detach() if shape_fixed else None
+        values: dict[str, float] = {}
+        for it in range(stage.iterations):
+            opt.zero_grad(set_to_none=True)
+            frame = self.frame(params, raster, vertices)
+            terms = {name: weight * losses[name](frame) for name, weight in stage.losses}
+            total = sum(terms.values())
+            total.backward()
+            opt.step()
+            sched.step()
+            self._clamp(params)
+            values = {k: float(v.detach()) for k, v in terms.items()}
+            report(it, values)
+        for name, _ in stage.lrs:
+            params[name].requires_grad_(False)
+        return values
+
+    def fit(self, target: FitTarget, progress: ProgressCallback | None = None) -> FitResult:
+        params = self.init_params(target)
+        names = {name for stage in self.config.stages for name, _ in stage.losses}
+        losses = {name: make_loss(name, self.model, target) for name in names}
+        stage_losses, timings = {}, {}
+        n = len(self.config.stages)
+        for k, stage in enumerate(self.config.stages):
+            t0 = time.perf_counter()
+
+            def report(it, values, stage=stage, k=k):
+                if progress is not None:
+                    progress(Progress(stage.name, k, n, it + 1, stage.iterations, values))
+
+            stage_losses[stage.name] = self.run_stage(stage, params, losses, report)
+            timings[f"stage_{stage.name}"] = time.perf_counter() - t0
+        with torch.no_grad():
+            final = self.frame(params, raster=True)
+            landmark = losses.get("landmark") or make_loss("landmark", self.model, target)
+            lm = landmark.fitted_points(final)
+        return FitResult(params=params, frame=final, landmarks68=lm, stage_losses=stage_losses, timings=timings)

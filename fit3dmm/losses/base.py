@@ -1,0 +1,61 @@
+"""The loss interface and registry: ``--loss NAME`` is a lookup, and a new loss is one file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from ..models.facemodel import FaceModel
+    from ..render import Fragments
+    from ..target import FitTarget
+
+
+@dataclass
+class Frame:
+    """What one fitting iteration computed, shared by every loss.
+
+    vertices (V, 3) model frame; screen (V, 3) crop pixels + depth; rotation (3, 3) model->camera
+    (including the axis flip); params: the fit's coefficient tensors by name. With rasterization:
+    normals (V, 3) camera frame, frags (hard pass, no grad), visible (V,) bool. Without, those are None.
+    """
+
+    vertices: Tensor
+    screen: Tensor
+    rotation: Tensor
+    params: dict[str, Tensor]
+    normals: Tensor | None = None
+    frags: "Fragments | None" = None
+    visible: Tensor | None = None
+
+
+class Loss:
+    """A term of the objective. Constructed once per image (precompute target-side data there), then
+    called once per iteration. Set ``needs_raster`` if the loss reads normals, frags or visibility."""
+
+    name: ClassVar[str]
+    needs_raster: ClassVar[bool] = False
+
+    def __init__(self, model: "FaceModel", target: "FitTarget"):
+        self.model = model
+        self.target = target
+
+    def __call__(self, frame: Frame) -> Tensor:
+        raise NotImplementedError  # abstract: every registered loss overrides it
+
+
+REGISTRY: dict[str, type[Loss]] = {}
+
+
+def register(cls: type[Loss]) -> type[Loss]:
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def make_loss(name: str, model: "FaceModel", target: "FitTarget") -> Loss:
+    try:
+        return REGISTRY[name](model, target)
+    except KeyError:
+        raise ValueError(f"unknown loss '{name}'; known: {', '.join(sorted(REGISTRY))}") from None

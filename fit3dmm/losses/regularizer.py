@@ -1,0 +1,43 @@
+"""Priors on the coefficients, so the fit stays a plausible face."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Frame, Loss, register
+
+# Relative weights of the coefficient groups, as in Deep3DFaceRecon/3DDFA-V3 (identity 1, expression 0.8,
+# albedo 1.7e-2); the stage weight (the paper's λreg) scales them together.
+ID_WEIGHT, EXP_WEIGHT, ALBEDO_WEIGHT = 1.0, 0.8, 1.7e-2
+
+
+@register
+class CoefficientPrior(Loss):
+    name = "reg"
+
+    def __call__(self, frame: Frame):
+        p = frame.params
+        total = ID_WEIGHT * (p["id"] ** 2).sum() + EXP_WEIGHT * (p["exp"] ** 2).sum()
+        if self.model.has_albedo_basis:
+            total = total + ALBEDO_WEIGHT * (p["albedo"] ** 2).sum()
+        return total
+
+
+@register
+class AlbedoSmoothness(Loss):
+    """For a free per-vertex albedo: mean squared colour difference across mesh edges, so shading, not
+    albedo, explains smooth brightness changes. Zero for a model with an albedo basis."""
+
+    name = "albedo_smooth"
+
+    def __init__(self, model, target):
+        super().__init__(model, target)
+        t = model.triangles
+        edges = torch.cat([t[:, [0, 1]], t[:, [1, 2]], t[:, [2, 0]]]).sort(1).values
+        self.edges = torch.unique(edges, dim=0)
+
+    def __call__(self, frame: Frame):
+        if self.model.has_albedo_basis:
+            return frame.screen.new_zeros(())
+        a = frame.params["albedo"]
+        return ((a[self.edges[:, 0]] - a[self.edges[:, 1]]) ** 2).sum(1).mean()

@@ -1,0 +1,126 @@
+"""Part annotation of a face model by voting on labelled photos (a data-driven form of the paper's
+Algorithm 1, which labels vertices by segmenting rendered views).
+
+Each photo is fitted with landmarks only (no part term, so the annotation does not depend on itself);
+every visible vertex then votes for the human label under its projection. A vertex takes the part that
+won most of its votes, if it was seen often enough and a part (not background or hair) won.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..celeba import fix_left_right, read_mask
+from ..config import FitConfig
+from ..errors import Fit3dmmError
+from ..metrics import IOU_PARTS, part_iou
+from ..outputs import fitted_label_map, render_photo
+from ..pipeline import Pipeline, load_image
+from ..sampling import farthest_point_sampling
+from .facemodel import PART_CELEBA_IDS, PART_NAMES, FaceModel, ModelData, with_parts
+
+OTHER = len(PART_NAMES)  # vote slot for any non-part label (background, hair, ears, neck, ...)
+MIN_VOTES = 5
+SKIN_POINTS = 3000
+
+
+def landmark_only_config(base: FitConfig) -> FitConfig:
+    """The base config without its last (all-losses) stage: rigid, then shape, on landmarks."""
+    return base.with_(loss="none", stages=base.stages[:-1])
+
+
+@dataclass
+class Annotation:
+    parts: np.ndarray  # (V,) part index or -1
+    skin_subset: np.ndarray  # (S,)
+    votes: np.ndarray  # (V, len(PART_NAMES) + 1)
+    photos_used: int
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def label_to_slot(labels: np.ndarray) -> np.ndarray:
+    lut = np.full(256, OTHER, dtype=np.int64)
+    lut[list(PART_CELEBA_IDS)] = np.arange(len(PART_NAMES))
+    return lut[labels]
+
+
+def parts_from_votes(votes: np.ndarray, min_votes: int = MIN_VOTES) -> np.ndarray:
+    winner = votes.argmax(1)
+    parts = np.where((votes.sum(1) >= min_votes) & (winner != OTHER), winner, -1)
+    return parts.astype(np.int64)
+
+
+def skin_subset(mean: np.ndarray, parts: np.ndarray, k: int = SKIN_POINTS) -> np.ndarray:
+    """The skin vertices PRDL uses, chosen once per model by farthest point sampling on the mean shape."""
+    skin = np.nonzero(parts == PART_NAMES.index("skin"))[0]
+    if len(skin) == 0:
+        return skin
+    pick = farthest_point_sampling(torch.from_numpy(mean[skin]).double(), k).numpy()
+    return np.sort(skin[pick])
+
+
+def annotate(
+    model: FaceModel,
+    pairs: list,
+    config: FitConfig | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> Annotation:
+    """Vote parts over (image path, mask path) pairs with landmark-only fits; photos that fail (no face)
+    are skipped and listed in ``failures``."""
+    config = landmark_only_config(config or FitConfig())
+    pipeline = Pipeline(config, model)
+    votes = np.zeros((model.n_vertices, OTHER + 1), dtype=np.int64)
+    failures, used = [], 0
+    for i, (image_path, mask_path) in enumerate(pairs):
+        try:
+            image = load_image(image_path)
+            mask = fix_left_right(read_mask(mask_path))
+            out = pipeline.fit(image)
+        except Fit3dmmError as e:  # one bad photo must not stop the vote
+            failures.append((str(image_path), str(e)))
+            continue
+        frame, crop = out.result.frame, out.target.crop
+        visible = frame.visible.cpu().numpy()
+        xy = crop.to_photo(frame.screen[:, :2].cpu().numpy()).round().astype(np.int64)
+        h, w = mask.shape
+        inside = visible & (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)
+        ids = np.nonzero(inside)[0]
+        slots = label_to_slot(mask[xy[ids, 1], xy[ids, 0]])
+        np.add.at(votes, (ids, slots), 1)
+        used += 1
+        if progress is not None:
+            progress(i + 1, len(pairs), str(image_path))
+    parts = parts_from_votes(votes)
+    return Annotation(parts, skin_subset(model.data.mean, parts), votes, used, failures)
+
+
+def apply_annotation(data: ModelData, annotation: Annotation, source: str) -> ModelData:
+    out = with_parts(data, annotation.parts, annotation.skin_subset)
+    out.meta = {**data.meta, "parts_source": source}
+    return out
+
+
+def score_annotation(
+    model: FaceModel, pairs: list, config: FitConfig | None = None, progress: Callable[[int, int, str], None] | None = None
+) -> dict[str, float]:
+    """Mean part IoU (per part, and 'mean' over the seven parts) between landmark-only fits rendered with
+    the model's annotation and the human masks; photos that fail are skipped."""
+    pipeline = Pipeline(landmark_only_config(config or FitConfig()), model)
+    rows = []
+    for i, (image_path, mask_path) in enumerate(pairs):
+        try:
+            out = pipeline.fit(load_image(image_path))
+            truth = fix_left_right(read_mask(mask_path))
+        except Fit3dmmError:
+            continue
+        tri, bary, _ = render_photo(out)
+        rows.append(part_iou(fitted_label_map(out, tri, bary), truth, IOU_PARTS))
+        if progress is not None:
+            progress(i + 1, len(pairs), str(image_path))
+    scores = {name: float(np.nanmean([r[name] for r in rows])) for name in IOU_PARTS}
+    scores["mean"] = float(np.mean(list(scores.values())))
+    return scores

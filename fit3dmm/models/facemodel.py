@@ -1,0 +1,217 @@
+"""The face model: its native file format and the torch module mapping parameters to vertices.
+
+Native format (``*.npz``, written by :func:`save_model`, read by :func:`load_model`):
+
+==================== ================ ==========================================================
+key                  shape / dtype    meaning
+==================== ================ ==========================================================
+format               str              ``"fit3dmm-model/1"``
+meta                 str (JSON)       name, units, source, licence, expression_range, notes
+mean                 (V, 3) f32       mean shape, model frame (x = subject's left, y up, z out of
+                                      the face), in the model's units
+id_basis             (Ki, V, 3) f32   identity modes; weights have unit variance
+exp_basis            (Ke, V, 3) f32   expression modes (blendshape deltas or PCA modes)
+albedo_mean          (V, 3) f32       optional, linear RGB in [0, 1]
+albedo_basis         (Ka, V, 3) f32   optional
+triangles            (F, 3) i32       counter-clockwise seen from outside
+landmarks68          (68,) i32        iBUG-68 vertex ids (jaw ids 0-16 are the frontal ones)
+contour              (17, L) i32      per jaw landmark, candidate vertex ids for contour marching
+                                      (padded with -1); the fit picks the silhouette one
+parts                (V,) i8          part id per vertex, index into PART_NAMES, -1 for none
+skin_subset          (S,) i32         skin vertices chosen once by farthest point sampling (PRDL)
+==================== ================ ==========================================================
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import ModelError
+
+FORMAT = "fit3dmm-model/1"
+
+#: The paper's eight parts; ``left``/``right`` are the subject's.
+PART_NAMES = (
+    "left_eye",
+    "right_eye",
+    "left_eyebrow",
+    "right_eyebrow",
+    "up_lip",
+    "down_lip",
+    "nose",
+    "skin",
+)
+#: CelebAMask-HQ label id of each part (same order as PART_NAMES).
+PART_CELEBA_IDS = (4, 5, 6, 7, 11, 12, 2, 1)
+
+
+@dataclass
+class ModelData:
+    """A face model as numpy arrays (see the module docstring for shapes)."""
+
+    mean: np.ndarray
+    id_basis: np.ndarray
+    exp_basis: np.ndarray
+    triangles: np.ndarray
+    landmarks68: np.ndarray
+    contour: np.ndarray
+    parts: np.ndarray
+    skin_subset: np.ndarray
+    albedo_mean: np.ndarray | None = None
+    albedo_basis: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_vertices(self) -> int:
+        return self.mean.shape[0]
+
+    @property
+    def has_parts(self) -> bool:
+        return bool((self.parts >= 0).any())
+
+    def validate(self) -> None:
+        v = self.n_vertices
+        checks = [
+            (self.mean.shape == (v, 3), "mean must be (V, 3)"),
+            (self.id_basis.ndim == 3 and self.id_basis.shape[1:] == (v, 3), "id_basis must be (K, V, 3)"),
+            (self.exp_basis.ndim == 3 and self.exp_basis.shape[1:] == (v, 3), "exp_basis must be (K, V, 3)"),
+            (self.triangles.ndim == 2 and self.triangles.shape[1] == 3, "triangles must be (F, 3)"),
+            (self.triangles.size == 0 or (0 <= self.triangles.min() and self.triangles.max() < v),
+             "triangle index out of range"),
+            (self.landmarks68.shape == (68,), "landmarks68 must be (68,)"),
+            (self.contour.ndim == 2 and self.contour.shape[0] == 17, "contour must be (17, L)"),
+            (self.parts.shape == (v,), "parts must be (V,)"),
+            ((self.albedo_mean is None) == (self.albedo_basis is None), "albedo_mean and albedo_basis go together"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ModelError(f"malformed face model: {message}")
+
+
+def save_model(data: ModelData, path: str | os.PathLike) -> Path:
+    """Write atomically (temp file, then rename) so a crash never leaves half a model."""
+    data.validate()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "format": np.array(FORMAT),
+        "meta": np.array(json.dumps(data.meta)),
+        "mean": data.mean.astype(np.float32),
+        "id_basis": data.id_basis.astype(np.float32),
+        "exp_basis": data.exp_basis.astype(np.float32),
+        "triangles": data.triangles.astype(np.int32),
+        "landmarks68": data.landmarks68.astype(np.int32),
+        "contour": data.contour.astype(np.int32),
+        "parts": data.parts.astype(np.int8),
+        "skin_subset": data.skin_subset.astype(np.int32),
+    }
+    if data.albedo_mean is not None:
+        arrays["albedo_mean"] = data.albedo_mean.astype(np.float32)
+        arrays["albedo_basis"] = data.albedo_basis.astype(np.float32)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_model(path: str | os.PathLike) -> ModelData:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"face model file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "format" not in z.files or str(z["format"]) != FORMAT:
+                raise ModelError(f"{path} is not a fit3dmm model (expected format {FORMAT})")
+            get = lambda k: z[k] if k in z.files else None  # noqa: E731
+            data = ModelData(
+                mean=z["mean"], id_basis=z["id_basis"], exp_basis=z["exp_basis"],
+                triangles=z["triangles"].astype(np.int64), landmarks68=z["landmarks68"].astype(np.int64),
+                contour=z["contour"].astype(np.int64), parts=z["parts"].astype(np.int64),
+                skin_subset=z["skin_subset"].astype(np.int64),
+                albedo_mean=get("albedo_mean"), albedo_basis=get("albedo_basis"),
+                meta=json.loads(str(z["meta"])),
+            )
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"cannot read face model {path}: {e}") from e
+    data.validate()
+    return data
+
+
+def with_parts(data: ModelData, parts: np.ndarray, skin_subset: np.ndarray) -> ModelData:
+    return replace(data, parts=parts.astype(np.int64), skin_subset=skin_subset.astype(np.int64))
+
+
+class FaceModel(nn.Module):
+    """Maps coefficients to vertices (and albedo) in the model frame.
+
+    ``forward(id_coeffs (..., Ki), exp_coeffs (..., Ke)) -> vertices (..., V, 3)``.
+    All arrays are buffers, so ``.to(device)`` moves the whole model.
+    """
+
+    def __init__(self, data: ModelData):
+        super().__init__()
+        data.validate()
+        self.data = data
+        self.name = data.meta.get("name", "model")
+        v = data.n_vertices
+        f32 = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
+        i64 = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.long)  # noqa: E731
+        self.register_buffer("mean", f32(data.mean))
+        # (V*3, K) so a fit step is one matrix-vector product per basis.
+        self.register_buffer("id_basis", f32(data.id_basis.reshape(-1, v * 3).T))
+        self.register_buffer("exp_basis", f32(data.exp_basis.reshape(-1, v * 3).T))
+        self.register_buffer("triangles", i64(data.triangles))
+        self.register_buffer("landmarks68", i64(data.landmarks68))
+        self.register_buffer("contour", i64(data.contour))
+        self.register_buffer("parts", i64(data.parts))
+        self.register_buffer("skin_subset", i64(data.skin_subset))
+        self.has_albedo_basis = data.albedo_basis is not None
+        if self.has_albedo_basis:
+            self.register_buffer("albedo_mean", f32(data.albedo_mean))
+            self.register_buffer("albedo_basis", f32(data.albedo_basis.reshape(-1, v * 3).T))
+        rng = data.meta.get("expression_range")
+        self.expression_range = tuple(rng) if rng else None
+
+    @property
+    def n_vertices(self) -> int:
+        return self.mean.shape[0]
+
+    @property
+    def n_id(self) -> int:
+        return self.id_basis.shape[1]
+
+    @property
+    def n_exp(self) -> int:
+        return self.exp_basis.shape[1]
+
+    @property
+    def n_albedo(self) -> int:
+        return self.albedo_basis.shape[1] if self.has_albedo_basis else 0
+
+    def forward(self, id_coeffs: Tensor, exp_coeffs: Tensor) -> Tensor:
+        offset = id_coeffs @ self.id_basis.T + exp_coeffs @ self.exp_basis.T
+        return self.mean + offset.reshape(*offset.shape[:-1], -1, 3)
+
+    def albedo(self, albedo_coeffs: Tensor) -> Tensor:
+        """(..., Ka) -> (..., V, 3) linear RGB; only for models with an albedo basis."""
+        offset = albedo_coeffs @ self.albedo_basis.T
+        return self.albedo_mean + offset.reshape(*offset.shape[:-1], -1, 3)
+
+    def part_vertices(self, part: str) -> Tensor:
+        """Vertex ids of one part; for skin, the farthest-point-sampled subset."""
+        if part == "skin":
+            return self.skin_subset
+        return torch.nonzero(self.parts == PART_NAMES.index(part)).squeeze(1)

@@ -1,0 +1,205 @@
+"""Writing one fit's result folder (documented in README, "Outputs").
+
+Everything is written into a temporary sibling folder that is renamed into place at the end, so an
+interrupted or failed fit never leaves a half-written ``OUT/<stem>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import trimesh
+
+from . import __version__
+from .appearance import vertex_albedo
+from .models.facemodel import PART_CELEBA_IDS, PART_NAMES
+from .pipeline import FitOutput
+from .render import rasterize, vertex_normals
+from .target import CropTransform
+
+#: Colours (RGB) of the CelebAMask-HQ part ids in parts.png.
+PART_COLOURS = {
+    1: (230, 180, 140), 2: (255, 120, 0), 4: (0, 200, 255), 5: (0, 90, 255), 6: (150, 255, 0),
+    7: (0, 160, 60), 10: (90, 0, 90), 11: (255, 0, 110), 12: (200, 0, 255), 13: (120, 80, 40),
+}
+OVERLAY_ALPHA = 0.75
+
+
+def photo_screen(output: FitOutput) -> torch.Tensor:
+    """(V, 3) fitted vertices in photo pixels (x, y) with camera depth z."""
+    crop = output.target.crop
+    s = output.result.frame.screen.detach()
+    offset = s.new_tensor(crop.offset)
+    return torch.cat([(s[:, :2] - offset) / crop.scale, s[:, 2:]], 1)
+
+
+def render_photo(output: FitOutput) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rasterize the fit at the photo's resolution, only over the face's bounding box.
+
+    Returns (tri_id (H, W) long, bary (H, W, 3), camera normals (V, 3)), tri_id -1 where uncovered.
+    """
+    h, w = output.observation.image.shape[:2]
+    model = output.fitter.model
+    screen = photo_screen(output)
+    lo = screen[:, :2].min(0).values.floor().clamp(min=0).long().tolist()
+    hi = (screen[:, :2].max(0).values.ceil() + 1).long().tolist()
+    x0, y0, x1, y1 = lo[0], lo[1], min(hi[0], w), min(hi[1], h)
+    tri = np.full((h, w), -1, dtype=np.int64)
+    bary = np.zeros((h, w, 3), dtype=np.float32)
+    if x1 > x0 and y1 > y0:
+        shifted = screen - screen.new_tensor([x0, y0, 0.0])
+        frags = rasterize(shifted, model.triangles, y1 - y0, x1 - x0)
+        tri[y0:y1, x0:x1] = frags.tri_id.cpu().numpy()
+        bary[y0:y1, x0:x1] = frags.bary.cpu().numpy()
+    frame = output.result.frame
+    cam = (frame.vertices @ frame.rotation.T + output.result.params["translation"]).detach()
+    normals = vertex_normals(cam, model.triangles).cpu().numpy()
+    return tri, bary, normals
+
+
+def fitted_label_map(output: FitOutput, tri: np.ndarray, bary: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 CelebAMask-HQ ids of the visible fitted parts: each covered pixel takes the part of
+    its triangle's corner nearest to it (largest barycentric)."""
+    model = output.fitter.model
+    triangles = model.triangles.cpu().numpy()
+    to_celeba = np.zeros(len(PART_NAMES) + 1, dtype=np.uint8)
+    to_celeba[: len(PART_NAMES)] = PART_CELEBA_IDS  # index -1 (unlabelled) maps to the last entry, 0
+    parts = model.parts.cpu().numpy()
+    covered = tri >= 0
+    corner = triangles[tri[covered], bary[covered].argmax(1)]
+    labels = np.zeros(tri.shape, dtype=np.uint8)
+    labels[covered] = to_celeba[parts[corner]]
+    return labels
+
+
+def shaded_overlay(output: FitOutput, tri: np.ndarray, bary: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """The fitted surface shaded grey by a light at the camera, blended onto the photo (RGB uint8)."""
+    model = output.fitter.model
+    triangles = model.triangles.cpu().numpy()
+    covered = tri >= 0
+    n = np.einsum("nk,nkc->nc", bary[covered], normals[triangles[tri[covered]]])
+    n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12
+    shade = (0.2 + 0.75 * np.clip(-n[:, 2], 0, 1))[:, None] * np.array([235, 225, 215])
+    out = output.observation.image.astype(np.float32)
+    out[covered] = OVERLAY_ALPHA * shade + (1 - OVERLAY_ALPHA) * out[covered]
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def _colourize(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    out = image.astype(np.float32).copy()
+    for label, colour in PART_COLOURS.items():
+        m = labels == label
+        out[m] = 0.45 * out[m] + 0.55 * np.array(colour)
+        contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, contours, -1, colour, 1)
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def parts_panel(output: FitOutput, fitted: np.ndarray, panel: int = 512) -> np.ndarray:
+    """Target parts (left, with the forehead cut line) and fitted parts (right) on the face crop."""
+    crop = output.target.crop
+    scale = panel / crop.size
+    view = CropTransform(crop.scale * scale, (crop.offset[0] * scale, crop.offset[1] * scale), panel)
+    image = view.warp(output.observation.image)
+    left = _colourize(image, view.warp(output.observation.labels, nearest=True))
+    right = _colourize(image, view.warp(fitted, nearest=True))
+    if output.target.brow_line is not None:
+        a, b, c = output.target.brow_line
+        # The line in crop pixels, drawn across the panel (scaled by `scale`).
+        if abs(b) > 1e-9:
+            xs = np.array([0, crop.size - 1], dtype=np.float64)
+            ys = -(a * xs + c) / b
+            p0, p1 = (np.stack([xs, ys], 1) * scale).round().astype(int)
+            cv2.line(left, tuple(p0), tuple(p1), (255, 255, 255), 1, cv2.LINE_AA)
+    for img, text in ((left, "target"), (right, "fitted")):
+        cv2.putText(img, text, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2, cv2.LINE_AA)
+    return np.concatenate([left, right], axis=1)
+
+
+def mesh_files(output: FitOutput) -> trimesh.Trimesh:
+    """The fitted shape in the model frame (pose not applied), albedo as vertex colours."""
+    model = output.fitter.model
+    params = output.result.params
+    verts = output.result.frame.vertices.detach().cpu().numpy()
+    albedo = vertex_albedo(model, params).detach().clamp(0, 1).cpu().numpy()
+    colours = np.concatenate([albedo * 255, np.full((len(albedo), 1), 255)], 1).round().astype(np.uint8)
+    return trimesh.Trimesh(verts, model.triangles.cpu().numpy(), vertex_colors=colours, process=False)
+
+
+def params_document(output: FitOutput, source: str) -> dict:
+    res, target, fitter = output.result, output.target, output.fitter
+    tolist = lambda t: t.detach().cpu().numpy().round(6).tolist()  # noqa: E731
+    meta = fitter.model.data.meta
+    return {
+        "image": source,
+        "model": {k: meta.get(k) for k in ("name", "units", "source", "licence")},
+        "coefficients": {k: tolist(v) for k, v in res.params.items() if k != "albedo" or fitter.model.has_albedo_basis},
+        "camera": {
+            "model_to_camera": "X_cam = R(angles) @ diag(1,-1,-1) @ X_model + translation",
+            "angles_rad_pitch_yaw_roll": tolist(res.params["angles"]),
+            "rotation": tolist(res.frame.rotation),
+            "translation": tolist(res.params["translation"]),
+            "focal_px_crop": fitter.camera.focal,
+            "crop_size": target.crop.size,
+            "crop_from_photo": {"scale": target.crop.scale, "offset": list(target.crop.offset)},
+            "projection": "crop_xy = focal * X_cam[:2] / X_cam[2] + (crop_size - 1) / 2; "
+            "photo_xy = (crop_xy - offset) / scale; pixel centres at integers",
+        },
+        "faces_detected": output.observation.n_faces,
+        "detection_score": output.observation.detection.score,
+        "stage_losses": res.stage_losses,
+        "timings_s": {k: round(v, 4) for k, v in output.timings.items()},
+        "config": fitter.config.to_dict(),
+        "versions": {
+            "fit3dmm": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "opencv": cv2.__version__, "trimesh": trimesh.__version__, "python": platform.python_version(),
+        },
+    }
+
+
+def _write_png(path: Path, rgb_or_labels: np.ndarray) -> None:
+    img = rgb_or_labels if rgb_or_labels.ndim == 2 else cv2.cvtColor(rgb_or_labels, cv2.COLOR_RGB2BGR)
+    if not cv2.imwrite(str(path), img):
+        raise OSError(f"cannot write {path}")
+
+
+def write_result(output: FitOutput, folder: str | os.PathLike, source: str, overwrite: bool = False) -> Path:
+    """Write all output files of one fit into ``folder``, atomically. Raises FileExistsError if the
+    folder exists and ``overwrite`` is False."""
+    folder = Path(folder)
+    if folder.exists() and not overwrite:
+        raise FileExistsError(f"{folder} exists (use --overwrite to replace it)")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        tri, bary, normals = render_photo(output)
+        fitted = fitted_label_map(output, tri, bary)
+        mesh = mesh_files(output)
+        mesh.export(tmp / "mesh.obj", include_texture=False)
+        mesh.export(tmp / "mesh.ply")
+        _write_png(tmp / "overlay.png", shaded_overlay(output, tri, bary, normals))
+        _write_png(tmp / "parts.png", parts_panel(output, fitted))
+        _write_png(tmp / "fitted_labels.png", fitted)
+        _write_png(tmp / "target_labels.png", output.observation.labels)
+        crop = output.target.crop
+        landmarks = {
+            "detected_68": output.observation.landmarks68.round(3).tolist(),
+            "fitted_68": crop.to_photo(output.result.landmarks68.detach().cpu().numpy()).round(3).tolist(),
+        }
+        (tmp / "landmarks.json").write_text(json.dumps(landmarks))
+        (tmp / "params.json").write_text(json.dumps(params_document(output, source), indent=1))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder

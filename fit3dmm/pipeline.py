@@ -1,0 +1,118 @@
+"""From a photo to a fitted face: perception, target preparation and fitting, on one device."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from .config import FitConfig
+from .errors import InputError, ModelError, NoFaceError
+from .fitting import FitResult, Fitter, ProgressCallback
+from .models import FaceModel, load_model, resolve_model
+from .perception.detector import Detection, FaceDetector
+from .perception.landmarks import FaceMeshPredictor, to_ibug68
+from .perception.segmentation import make_segmenter
+from .target import CropTransform, FitTarget, make_target
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for, but torch sees no CUDA device")
+    return device
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB; grey and RGBA images are converted. Raises InputError if unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # decodes grey and alpha images to 3 channels
+    if image is None:
+        raise InputError(f"{path}: not a readable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+@dataclass
+class Observation:
+    """What perception found in a photo, in photo pixels: the chosen face's detection, its 468-point
+    mesh, its 68 iBUG landmarks, and the part label map (H, W) in CelebAMask-HQ ids."""
+
+    image: np.ndarray
+    detection: Detection
+    n_faces: int
+    mesh: np.ndarray
+    landmarks68: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass
+class FitOutput:
+    observation: Observation
+    target: FitTarget
+    result: FitResult
+    fitter: Fitter
+    timings: dict[str, float]
+
+
+class Pipeline:
+    """Holds the face model and the perception models, and fits photos one after another."""
+
+    def __init__(self, config: FitConfig, model: FaceModel | None = None):
+        self.config = config
+        self.device = resolve_device(config.device)
+        if model is None:
+            model = FaceModel(load_model(resolve_model(config.model)))
+        self.model = model.to(self.device)
+        needs_parts = any(name == "prdl" for stage in config.stages for name, _ in stage.losses)
+        if needs_parts and not self.model.data.has_parts:
+            raise ModelError(f"model '{self.model.name}' has no part annotation, which --loss {config.loss} needs")
+        self.detector = FaceDetector()
+        self.mesh_predictor = FaceMeshPredictor()
+        self.segmenter = make_segmenter(config.segmenter)
+        self.fitter = Fitter(self.model, config)
+
+    def observe(self, image: np.ndarray) -> Observation:
+        faces = self.detector.detect(image)
+        if not faces:
+            raise NoFaceError("no face found")
+        if self.config.face_index >= len(faces):
+            raise NoFaceError(f"face {self.config.face_index} asked for, but only {len(faces)} found")
+        detection = faces[self.config.face_index]
+        mesh = self.mesh_predictor.predict(image, detection)
+        return Observation(
+            image=image, detection=detection, n_faces=len(faces), mesh=mesh,
+            landmarks68=to_ibug68(mesh), labels=self.segmenter.segment(image, mesh),
+        )
+
+    def fit(self, image: np.ndarray, progress: ProgressCallback | None = None) -> FitOutput:
+        t0 = time.perf_counter()
+        obs = self.observe(image)
+        t1 = time.perf_counter()
+        crop = CropTransform.around(obs.landmarks68, self.config.crop_size, self.config.crop_margin)
+        target = make_target(image, obs.labels, obs.landmarks68, crop, self.device)
+        t2 = time.perf_counter()
+        result = self.fitter.fit(target, progress)
+        t3 = time.perf_counter()
+        timings = {"perception": t1 - t0, "target": t2 - t1, **result.timings, "fit": t3 - t2, "total": t3 - t0}
+        return FitOutput(observation=obs, target=target, result=result, fitter=self.fitter, timings=timings)
+
+
+def collect_images(inputs: list[str | Path]) -> list[Path]:
+    """Expand folders (non-recursively) into their image files; keep files as given, in order."""
+    out: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            out.extend(sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            out.append(item)
+    return out

@@ -1,0 +1,39 @@
+import numpy as np
+import pytest
+import torch
+
+from fit3dmm.camera import Camera, rotation_matrix
+from fit3dmm.target import CropTransform
+
+
+def test_rotation_is_orthonormal_and_composes_in_documented_order():
+    ang = torch.tensor([0.3, -0.5, 0.2])
+    r = rotation_matrix(ang)
+    assert torch.allclose(r @ r.T, torch.eye(3), atol=1e-6)
+    assert torch.det(r).item() == pytest.approx(1.0, abs=1e-6)
+    yaw = rotation_matrix(torch.tensor([0.0, np.pi / 2, 0.0]))
+    assert torch.allclose(yaw @ torch.tensor([0.0, 0.0, 1.0]), torch.tensor([1.0, 0.0, 0.0]), atol=1e-6)
+
+
+def test_projection_of_known_points():
+    cam = Camera.for_crop(224, 4.0)
+    # Model frame: y up, z toward the viewer; at zero rotation, +y maps to smaller image rows.
+    verts = torch.tensor([[0.0, 0.0, 0.0], [1.0, 2.0, 0.0]])
+    screen = cam.project(cam.to_camera(verts, torch.zeros(3), torch.tensor([0.0, 0.0, 100.0])))
+    assert screen[0].tolist() == pytest.approx([111.5, 111.5, 100.0])
+    assert screen[1].tolist() == pytest.approx([111.5 + 896 / 100, 111.5 - 2 * 896 / 100, 100.0])
+    assert cam.depth_for_width(10.0, 89.6) == pytest.approx(100.0)
+
+
+def test_crop_transform_round_trip_and_warp():
+    pts = np.array([[100.0, 150.0], [300.0, 380.0]])
+    crop = CropTransform.around(pts, 224, 1.5)
+    back = crop.to_photo(crop.to_crop(pts))
+    assert np.allclose(back, pts)
+    centre = crop.to_crop(pts.mean(0, keepdims=True))[0]
+    assert centre == pytest.approx([111.5, 111.5])
+    image = np.zeros((500, 500), np.uint8)
+    image[148:153, 98:103] = 255
+    warped = crop.warp(image, nearest=True)
+    x, y = crop.to_crop(np.array([[100.0, 150.0]]))[0].round().astype(int)
+    assert warped[max(y - 1, 0) : y + 2, max(x - 1, 0) : x + 2].max() == 255

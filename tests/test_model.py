@@ -1,0 +1,114 @@
+"""Face model import, format and module."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fit3dmm.errors import ModelError
+from fit3dmm.models import FaceModel, PART_NAMES, load_model, save_model
+from fit3dmm.models.ict import EYEBALLS, FACE, import_ict
+
+
+@pytest.fixture(scope="module")
+def raw(ict_npz):
+    with np.load(ict_npz) as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.fixture(scope="module")
+def ict(ict_npz):
+    return import_ict(ict_npz)
+
+
+def test_import_shapes_and_selection(ict, raw):
+    n = (FACE[1] - FACE[0]) + (EYEBALLS[1] - EYEBALLS[0])
+    assert ict.mean.shape == (n, 3)
+    assert ict.id_basis.shape == (100, n, 3) and ict.exp_basis.shape == (53, n, 3)
+    assert ict.triangles.max() < n and ict.triangles.shape[1] == 3
+    # Face vertices keep their ids; eyeballs follow. Bases are deltas from the neutral mesh.
+    assert np.array_equal(ict.mean[: FACE[1]], raw["neutral"][: FACE[1]])
+    assert np.array_equal(ict.mean[FACE[1] :], raw["neutral"][EYEBALLS[0] : EYEBALLS[1]])
+    kept = np.concatenate([raw["identity"][3][: FACE[1]], raw["identity"][3][EYEBALLS[0] : EYEBALLS[1]]])
+    assert np.allclose(ict.id_basis[3], kept - ict.mean)
+
+
+def test_landmark_ids_follow_upstream(ict, raw, ict_npz):
+    upstream = json.loads((ict_npz.parent / "vertex_indices.json").read_text())["idx_to_landmark_verts"]
+    assert np.array_equal(ict.mean[ict.landmarks68], raw["neutral"][upstream])
+    # Outer eye corners are mirror images; the subject's right eye (36) is at negative x.
+    assert ict.mean[ict.landmarks68[36], 0] < 0 < ict.mean[ict.landmarks68[45], 0]
+    # Each jaw landmark is among its own contour candidates.
+    for i in range(17):
+        assert ict.landmarks68[i] in ict.contour[i]
+
+
+def test_shipped_annotation_labels_every_part(ict):
+    assert ict.has_parts
+    for k, name in enumerate(PART_NAMES):
+        assert (ict.parts == k).sum() > 20, name
+    eyes = np.isin(ict.parts, [0, 1])
+    # Eye vertices are eyeballs (the visible eye between the lids), not skin of the face surface.
+    assert (np.nonzero(eyes)[0] >= FACE[1]).mean() > 0.9
+    assert 0 < len(ict.skin_subset) <= 3000 and (ict.parts[ict.skin_subset] == PART_NAMES.index("skin")).all()
+
+
+def test_save_load_round_trip(ict, tmp_path):
+    path = save_model(ict, tmp_path / "m.npz")
+    back = load_model(path)
+    assert np.array_equal(back.triangles, ict.triangles) and np.array_equal(back.parts, ict.parts)
+    assert back.meta["expression_names"][26] == "jawOpen"
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_load_rejects_missing_and_foreign_files(tmp_path):
+    with pytest.raises(ModelError, match="not found"):
+        load_model(tmp_path / "nope.npz")
+    np.savez(tmp_path / "foreign.npz", a=np.zeros(3))
+    with pytest.raises(ModelError, match="not a fit3dmm model"):
+        load_model(tmp_path / "foreign.npz")
+
+
+def test_module_maps_coefficients_to_vertices(ict):
+    m = FaceModel(ict)
+    ident = torch.zeros(m.n_id)
+    ident[5] = 1.0
+    expr = torch.zeros(m.n_exp)
+    expr[26] = 0.5  # jawOpen
+    v = m(ident, expr)
+    expected = ict.mean + ict.id_basis[5] + 0.5 * ict.exp_basis[26]
+    assert torch.allclose(v, torch.from_numpy(expected), atol=1e-4)
+    assert m.expression_range == (0.0, 1.0)
+
+
+def _write_obj(path, verts, faces=None):
+    lines = [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in verts]
+    if faces is not None:
+        lines += ["f " + " ".join(f"{i + 1}/{i + 1}" for i in f if i >= 0) for f in faces]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_import_upstream_folder_layout(tmp_path, raw, ict_npz):
+    """The upstream FaceXModel folder (OBJs + vertex_indices.json) gives the same model as the npz."""
+    folder = tmp_path / "ICT-FaceKit" / "FaceXModel"
+    folder.mkdir(parents=True)
+    (folder / "vertex_indices.json").write_text((ict_npz.parent / "vertex_indices.json").read_text())
+    _write_obj(folder / "generic_neutral_mesh.obj", raw["neutral"], raw["faces"])
+    for i in range(2):
+        _write_obj(folder / f"identity{i:03d}.obj", raw["identity"][i])
+    for name, mesh in zip(raw["expression_names"], raw["expression"]):
+        _write_obj(folder / f"{name}.obj", mesh)
+    got = import_ict(folder.parent)
+    ref = import_ict(ict_npz)
+    assert got.id_basis.shape[0] == 2
+    assert np.allclose(got.mean, ref.mean, atol=1e-5)
+    assert np.array_equal(got.triangles, ref.triangles)
+    assert np.allclose(got.exp_basis, ref.exp_basis, atol=1e-4)
+    assert np.allclose(got.id_basis, ref.id_basis[:2], atol=1e-4)
+
+
+def test_import_rejects_incomplete_folder(tmp_path):
+    (tmp_path / "vertex_indices.json").write_text('{"expressions": []}')
+    with pytest.raises(ModelError):
+        import_ict(tmp_path)

@@ -1,0 +1,113 @@
+"""PRDL maths on small synthetic cases."""
+
+import numpy as np
+import pytest
+import torch
+
+from fit3dmm.losses import Frame
+from fit3dmm.losses.prdl import PRDL, anchor_grid, descriptors, mask_points
+from fit3dmm.models.facemodel import PART_NAMES
+from fit3dmm.target import CropTransform, FitTarget, brow_tangent_line
+
+
+def test_descriptors_match_direct_computation():
+    g = torch.Generator().manual_seed(0)
+    points, anchors = torch.rand(37, 2, generator=g) * 50, torch.rand(11, 2, generator=g) * 50
+    got = descriptors(points, anchors)
+    for a in range(len(anchors)):
+        d = [float(np.hypot(*(points[i] - anchors[a]).tolist())) for i in range(len(points))]
+        assert got[a].tolist() == pytest.approx([min(d), max(d), sum(d) / len(d)], rel=1e-5)
+
+
+class _Parts:
+    """Stands in for a FaceModel: PRDL only asks it for each part's vertex ids."""
+
+    def __init__(self, ids):
+        self.ids = ids
+
+    def part_vertices(self, name):
+        return self.ids[name]
+
+
+def _toy(size=32, empty=("left_eyebrow",)):
+    """A target with one small square blob per part (none for the `empty` parts) and a model whose
+    vertices sit exactly on the target pixels."""
+    masks, ids, verts = {}, {}, []
+    for k, name in enumerate(PART_NAMES):
+        m = torch.zeros(size, size, dtype=torch.bool)
+        if name not in empty:
+            r, c = 3 + 3 * (k % 4), 3 + 12 * (k // 4)
+            m[r : r + 2, c : c + 3] = True
+        masks[name] = m
+        ys, xs = torch.nonzero(m, as_tuple=True)
+        pts = torch.stack([xs, ys], 1).float() if len(xs) else torch.tensor([[5.0, 5.0]])
+        ids[name] = torch.arange(len(verts), len(verts) + len(pts))
+        verts.extend(pts.tolist())
+    zeros = torch.zeros(size, size, dtype=torch.bool)
+    target = FitTarget(image=torch.zeros(size, size, 3), landmarks68=torch.zeros(68, 2), part_masks=masks,
+                       occluded=zeros, face_mask=zeros, brow_line=None, crop=CropTransform(1.0, (0.0, 0.0), size))
+    screen = torch.cat([torch.tensor(verts), torch.ones(len(verts), 1)], 1).requires_grad_(True)
+    frame = Frame(vertices=screen, screen=screen, rotation=torch.eye(3), params={},
+                  visible=torch.ones(len(verts), dtype=torch.bool))
+    return PRDL(_Parts(ids), target, grid=4), frame, ids
+
+
+def test_prdl_is_zero_when_sets_agree_and_positive_otherwise():
+    loss, frame, ids = _toy()
+    assert loss(frame).item() == pytest.approx(0.0, abs=1e-6)
+    moved = frame.screen.detach().clone()
+    moved[ids["nose"], 0] += 2.0
+    frame.screen = moved
+    assert loss(frame).item() > 0.1
+
+
+def test_empty_target_part_is_ignored():
+    loss, frame, ids = _toy(empty=("left_eyebrow",))
+    assert "left_eyebrow" not in [p[0] for p in loss.parts]
+    loss(frame).backward()
+    assert frame.screen.grad[ids["left_eyebrow"]].abs().sum() == 0
+
+
+def test_gradient_moves_point_along_line_to_anchor():
+    """Paper's Eq. 11: with one anchor, a predicted point farther than the target's nearest distance is
+    pulled straight towards the anchor, and one that is nearer is pushed straight away."""
+    anchor = torch.tensor([[0.0, 0.0]])
+    target = descriptors(torch.tensor([[3.0, 4.0]]), anchor)  # distance 5 for all three statistics
+    for start, sign in (([6.0, 8.0], 1.0), ([1.5, 2.0], -1.0)):
+        p = torch.tensor([start], requires_grad=True)
+        ((descriptors(p, anchor) - target) ** 2).sum().backward()
+        step = -p.grad[0]
+        to_anchor = (anchor[0] - p.detach()[0]) / p.detach()[0].norm()
+        cos = torch.dot(step, to_anchor) / step.norm()
+        assert cos.item() == pytest.approx(sign, abs=1e-6)
+
+
+def test_anchor_grid_covers_crop_evenly():
+    a = anchor_grid(224, 16)
+    assert a.shape == (256, 2)
+    assert a.min().item() == pytest.approx(6.5) and a.max().item() == pytest.approx(216.5)
+
+
+def test_mask_points_fps_reduces_large_masks():
+    m = torch.zeros(200, 200, dtype=torch.bool)
+    m[20:180, 30:170] = True
+    pts = mask_points(m, 3000)
+    assert pts.shape == (3000, 2)
+    assert m[pts[:, 1].long(), pts[:, 0].long()].all()
+    # FPS spreads the points over the whole mask.
+    assert pts[:, 0].min() <= 32 and pts[:, 0].max() >= 167
+
+
+def test_brow_line_cuts_forehead_above_tilted_brows():
+    labels = np.zeros((100, 100), np.uint8)
+    labels[40:46, 20:40] = 7  # subject's right brow (image left), higher
+    labels[30:36, 60:80] = 6  # left brow, lower y = higher in the image
+    line = brow_tangent_line(labels, toward=np.array([50.0, 70.0]))
+    a, b, c = line
+    above = lambda x, y: a * x + b * y + c > 0  # noqa: E731
+    assert above(50, 10) and not above(50, 70)
+    # The line touches both brows from above: each brow has pixels on it and none above it.
+    for label in (6, 7):
+        ys, xs = np.nonzero(labels == label)
+        signed = (a * xs + b * ys + c) / np.hypot(a, b)
+        assert signed.max() == pytest.approx(0.0, abs=1e-6)

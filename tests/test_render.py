@@ -1,0 +1,246 @@
+"""Tests for fit3dmm.render: rasterizer against a brute-force reference, interpolation gradients,
+visibility, normals and SH shading."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fit3dmm.render import (
+    SH_COEFFS,
+    Fragments,
+    interpolate,
+    rasterize,
+    render_image,
+    sh_basis,
+    shade,
+    vertex_normals,
+    vertex_visibility,
+)
+
+
+def _random_soup(seed: int, n_tri: int = 30, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Independent triangles, partly outside the image, mixed windings and depths."""
+    g = torch.Generator().manual_seed(seed)
+    centre = torch.rand(n_tri, 1, 2, generator=g) * (size + 8) - 4
+    xy = centre + (torch.rand(n_tri, 3, 2, generator=g) - 0.5) * size * 0.8
+    z = 1 + 4 * torch.rand(n_tri, 3, 1, generator=g)
+    screen = torch.cat((xy, z), dim=2).reshape(-1, 3)
+    faces = torch.arange(3 * n_tri).reshape(n_tri, 3)
+    return screen, faces
+
+
+def _brute_force(screen: np.ndarray, faces: np.ndarray, h: int, w: int):
+    """Per pixel, per triangle loop in float64. Returns tri_id, zbuf and a mask of pixels whose
+    answer is ambiguous (a centre within 1e-4 of an edge, or two depths within 1e-6)."""
+    tri_id = np.full((h, w), -1)
+    zbuf = np.full((h, w), np.inf)
+    ambiguous = np.zeros((h, w), bool)
+    for py in range(h):
+        for px in range(w):
+            hits = []
+            for t, (a, b, c) in enumerate(faces):
+                (x0, y0, z0), (x1, y1, z1), (x2, y2, z2) = screen[a], screen[b], screen[c]
+                area2 = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
+                if abs(area2) < 1e-10 or min(z0, z1, z2) <= 0:
+                    continue
+                b1 = ((px - x0) * (y2 - y0) - (py - y0) * (x2 - x0)) / area2
+                b2 = ((x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)) / area2
+                bs = (1 - b1 - b2, b1, b2)
+                if min(bs) < -1e-4:
+                    continue
+                if min(bs) < 1e-4:
+                    ambiguous[py, px] = True
+                if min(bs) >= 0:
+                    hits.append((1 / (bs[0] / z0 + bs[1] / z1 + bs[2] / z2), t))
+            if hits:
+                hits.sort()
+                zbuf[py, px], tri_id[py, px] = hits[0]
+                if len(hits) > 1 and hits[1][0] - hits[0][0] < 1e-6:
+                    ambiguous[py, px] = True
+    return tri_id, zbuf, ambiguous
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rasterize_matches_brute_force(seed):
+    screen, faces = _random_soup(seed)
+    h, w = 32, 28
+    frags = rasterize(screen, faces, h, w)
+    ref_id, ref_z, ambiguous = _brute_force(screen.double().numpy(), faces.numpy(), h, w)
+    tri_id = frags.tri_id.numpy()
+    assert (tri_id >= 0).sum() > 0.5 * h * w  # the soup overlaps a lot: a meaningful test
+    mismatch = tri_id != ref_id
+    assert not (mismatch & ~ambiguous).any()
+    assert mismatch.sum() <= 3
+    both = (tri_id >= 0) & (ref_id >= 0) & ~mismatch
+    np.testing.assert_allclose(frags.zbuf.numpy()[both], ref_z[both], rtol=1e-5)
+    assert torch.isinf(frags.zbuf[frags.tri_id < 0]).all()
+
+
+def test_barycentrics_reproduce_pixel_and_depth():
+    screen, faces = _random_soup(2)
+    frags = rasterize(screen, faces, 32, 32)
+    mask = frags.tri_id >= 0
+    bary = frags.bary[mask]  # (N, 3), perspective-correct
+    corners = screen[faces[frags.tri_id[mask]]]  # (N, 3, 3)
+    torch.testing.assert_close(bary.sum(1), torch.ones(len(bary)))
+    z = frags.zbuf[mask]
+    torch.testing.assert_close((bary * corners[..., 2]).sum(1), z)  # depth is linear in these
+    screen_bary = bary * corners[..., 2] / z[:, None]
+    rows, cols = mask.nonzero().unbind(1)
+    xy = (screen_bary[..., None] * corners[..., :2]).sum(1)
+    torch.testing.assert_close(xy, torch.stack((cols, rows), 1).float(), atol=1e-3, rtol=0)
+    assert (bary > -1e-3).all()
+
+
+def test_skips_degenerate_and_behind_camera_and_clips():
+    screen = torch.tensor(
+        [
+            [2.0, 2.0, -1.0], [30.0, 2.0, 2.0], [2.0, 30.0, 2.0],  # a vertex behind the camera
+            [1.0, 1.0, 1.0], [5.0, 5.0, 1.0], [9.0, 9.0, 1.0],  # collinear
+            [-1e4, -1e4, 3.0], [1e4, -1e4, 3.0], [0.0, 1e4, 3.0],  # far outside, covers all
+        ]
+    )
+    faces = torch.arange(9).reshape(3, 3)
+    frags = rasterize(screen, faces, 16, 16)
+    assert (frags.tri_id == 2).all()
+    torch.testing.assert_close(frags.zbuf, torch.full((16, 16), 3.0))
+
+
+def test_big_triangles_full_screen_quad():
+    h, w = 1024, 1024
+    screen = torch.tensor([[-0.5, -0.5, 1.0], [w - 0.5, -0.5, 1.0], [w - 0.5, h - 0.5, 1.0], [-0.5, h - 0.5, 1.0]])
+    faces = torch.tensor([[0, 1, 2], [0, 3, 2]])  # the two windings
+    frags = rasterize(screen, faces, h, w)
+    assert (frags.tri_id >= 0).all()
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    # Centres on the diagonal are on the shared edge: both triangles claim them at equal depth,
+    # and the smaller face id wins.
+    torch.testing.assert_close(frags.tri_id, (rows > cols).long())
+    torch.testing.assert_close(frags.bary.sum(-1), torch.ones(h, w))
+
+
+def test_interpolate_perspective_correct():
+    screen, faces = _random_soup(3)
+    frags = rasterize(screen, faces, 32, 32)
+    depth, pix = interpolate(screen, faces, frags, screen[:, 2:])
+    # Camera-space quantities interpolate to exact values only with 1/z weighting.
+    torch.testing.assert_close(depth[:, 0], frags.zbuf.reshape(-1)[pix])
+    torch.testing.assert_close(pix, (frags.tri_id.reshape(-1) >= 0).nonzero().squeeze(1))
+    values, _ = interpolate(screen, faces, frags, torch.ones(len(screen), 2))
+    torch.testing.assert_close(values, torch.ones(len(pix), 2))
+
+
+def test_interpolate_gradcheck():
+    screen = torch.tensor(
+        [[0.3, 0.2, 2.0], [7.6, 1.1, 3.0], [2.2, 6.9, 2.5], [7.1, 7.4, 4.0]], dtype=torch.float64
+    )
+    faces = torch.tensor([[0, 1, 2], [1, 3, 2]])
+    frags = rasterize(screen, faces, 8, 8)
+    assert (frags.tri_id >= 0).sum() > 20
+    attrs = torch.randn(4, 2, dtype=torch.float64)
+
+    def f(s, a):
+        return interpolate(s, faces, frags, a)[0]
+
+    assert torch.autograd.gradcheck(f, (screen.requires_grad_(), attrs.requires_grad_()))
+
+
+def test_visibility_occlusion_and_culling():
+    # A back triangle at depth 5 whose vertex 0 sits at (6, 6), and a front triangle at depth 2
+    # covering that spot with a margin of more than a pixel.
+    screen = torch.tensor(
+        [
+            [6.0, 6.0, 5.0], [14.0, 6.0, 5.0], [6.0, 14.0, 5.0],
+            [1.0, 1.0, 2.0], [15.0, 2.0, 2.0], [2.0, 15.0, 2.0],
+        ]
+    )
+    faces = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    vis = vertex_visibility(screen, faces, rasterize(screen, faces, 16, 16))
+    assert not vis[0] and vis[3:].all()
+    assert vis[1] and vis[2]  # outside the occluder
+    alone = faces[:1]
+    vis = vertex_visibility(screen, alone, rasterize(screen, alone, 16, 16))
+    assert vis[0]
+    # Normals pointing away from the camera (+z in camera space) cull the vertex.
+    normals = torch.tensor([[0.0, 0.0, -1.0]]).repeat(6, 1)
+    normals[0, 2] = 1.0
+    vis = vertex_visibility(screen, alone, rasterize(screen, alone, 16, 16), normals)
+    assert not vis[0] and vis[1]
+    # Out of the image.
+    far = screen.clone()
+    far[0, 0] = 40.0
+    assert not vertex_visibility(far, alone, rasterize(far, alone, 16, 16))[0]
+
+
+def test_visibility_steep_surface():
+    # A surface seen almost edge-on: depth changes by 30 per pixel along x, far beyond the
+    # tolerance, but every vertex is on the visible surface.
+    ys, xs = torch.meshgrid(torch.arange(0.0, 12.1, 3.0), torch.arange(0.0, 12.1, 3.0), indexing="ij")
+    screen = torch.stack((xs.flatten() + 1.3, ys.flatten() + 1.7, 10 + 30 * xs.flatten()), 1)
+    quads = torch.tensor([[r * 5 + c, r * 5 + c + 1, r * 5 + c + 6, r * 5 + c + 5] for r in range(4) for c in range(4)])
+    faces = torch.cat((quads[:, [0, 1, 2]], quads[:, [0, 2, 3]]))
+    frags = rasterize(screen, faces, 16, 16)
+    assert vertex_visibility(screen, faces, frags).all()
+
+
+def test_vertex_normals():
+    # Unit sphere: normals equal positions; counter-clockwise faces seen from outside.
+    import trimesh
+
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    verts = torch.tensor(sphere.vertices, dtype=torch.float64, requires_grad=True)
+    faces = torch.tensor(sphere.faces)
+    n = vertex_normals(verts, faces)
+    torch.testing.assert_close(n.norm(dim=1), torch.ones(len(n), dtype=torch.float64))
+    assert ((n * verts).sum(1) > 0.999).all()
+    n[:, 0].sum().backward()
+    assert torch.isfinite(verts.grad).all() and verts.grad.abs().sum() > 0
+
+
+def test_sh_basis_uniform_ambient():
+    normals = torch.nn.functional.normalize(torch.randn(100, 3), dim=1)
+    assert sh_basis(normals).shape == (100, SH_COEFFS)
+    gamma = torch.zeros(3, SH_COEFFS)
+    gamma[:, 0] = 0.8
+    albedo = torch.rand(100, 3)
+    ambient = 0.8 * math.pi / math.sqrt(4 * math.pi)
+    torch.testing.assert_close(shade(albedo, normals, gamma), albedo * ambient)
+    assert abs(ambient - 0.709) < 1e-3
+
+
+def test_sh_basis_orthogonal():
+    # Divided by the folded-in Lambertian constants, the basis is orthonormal on the sphere.
+    n = 20000
+    i = torch.arange(n, dtype=torch.float64) + 0.5
+    z = 1 - 2 * i / n
+    phi = math.pi * (1 + 5**0.5) * i
+    r = (1 - z * z).sqrt()
+    normals = torch.stack((r * phi.cos(), r * phi.sin(), z), 1)  # Fibonacci sphere
+    a = torch.tensor([math.pi] + [2 * math.pi / math.sqrt(3)] * 3 + [2 * math.pi / math.sqrt(8)] * 5, dtype=torch.float64)
+    y = sh_basis(normals) / a
+    gram = 4 * math.pi * y.T @ y / n
+    torch.testing.assert_close(gram, torch.eye(9, dtype=torch.float64), atol=2e-3, rtol=0)
+
+
+def test_render_image():
+    screen, faces = _random_soup(4)
+    frags = rasterize(screen, faces, 32, 32)
+    colors = torch.rand(len(screen), 3, requires_grad=True)
+    bg = torch.tensor([0.1, 0.2, 0.3])
+    img = render_image(screen, faces, frags, colors, bg)
+    assert img.shape == (32, 32, 3)
+    torch.testing.assert_close(img[frags.tri_id < 0], bg.expand(int((frags.tri_id < 0).sum()), 3))
+    img.sum().backward()
+    assert colors.grad.abs().sum() > 0
+    assert render_image(screen, faces, frags, colors)[frags.tri_id < 0].abs().sum() == 0
+
+
+def test_fragments_type():
+    screen, faces = _random_soup(5)
+    frags = rasterize(screen, faces.int(), 20, 24)
+    assert isinstance(frags, Fragments)
+    assert frags.tri_id.shape == (20, 24) and frags.tri_id.dtype == torch.long
+    assert frags.zbuf.shape == (20, 24) and frags.bary.shape == (20, 24, 3)
+    assert not frags.bary.requires_grad
