@@ -9,6 +9,8 @@ OUT ?= out
 
 BIN := $(VENV)/bin
 export FIT3DMM_SHARED := $(abspath $(SHARED))
+# Spinning OpenMP threads make torch ~25x slower on small VMs (see fit3dmm/cli.py).
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup check-shared model demo test bench annotate clean
 

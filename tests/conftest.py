@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# See fit3dmm/cli.py: must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FIT3DMM_SHARED", REPO.parent / "shared"))
 

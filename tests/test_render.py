@@ -110,7 +110,8 @@ def test_skips_degenerate_and_behind_camera_and_clips():
 
 def test_big_triangles_full_screen_quad():
     h, w = 1024, 1024
-    screen = torch.tensor([[-0.5, -0.5, 1.0], [w - 0.5, -0.5, 1.0], [w - 0.5, h - 0.5, 1.0], [-0.5, h - 0.5, 1.0]])
+    x0, y0, x1, y1 = -0.5, -0.5, w - 0.5, h - 0.5  # the image's outer corners
+    screen = torch.tensor([[x0, y0, 1.0], [x1, y0, 1.0], [x1, y1, 1.0], [x0, y1, 1.0]])
     faces = torch.tensor([[0, 1, 2], [0, 3, 2]])  # the two windings
     frags = rasterize(screen, faces, h, w)
     assert (frags.tri_id >= 0).all()
@@ -119,6 +120,17 @@ def test_big_triangles_full_screen_quad():
     # and the smaller face id wins.
     torch.testing.assert_close(frags.tri_id, (rows > cols).long())
     torch.testing.assert_close(frags.bary.sum(-1), torch.ones(h, w))
+
+
+def test_chunking_gives_the_same_result(monkeypatch):
+    import fit3dmm.render.rasterizer as rasterizer
+
+    screen, faces = _random_soup(6, n_tri=60, size=48)
+    whole = rasterize(screen, faces, 48, 40)
+    monkeypatch.setattr(rasterizer, "_CHUNK", 8)  # budget = image width: many row and pixel chunks
+    chunked = rasterize(screen, faces, 48, 40)
+    assert torch.equal(whole.tri_id, chunked.tri_id)
+    assert torch.equal(whole.zbuf, chunked.zbuf)
 
 
 def test_interpolate_perspective_correct():
@@ -174,14 +186,20 @@ def test_visibility_occlusion_and_culling():
     assert not vertex_visibility(far, alone, rasterize(far, alone, 16, 16))[0]
 
 
-def test_visibility_steep_surface():
-    # A surface seen almost edge-on: depth changes by 30 per pixel along x, far beyond the
-    # tolerance, but every vertex is on the visible surface.
+def test_visibility_steep_valley():
+    # A V-shaped groove seen from above with steep walls: around the bottom vertices every nearby
+    # pixel shows a wall much nearer than the vertex, yet the bottom is visible (own-triangle rule).
     ys, xs = torch.meshgrid(torch.arange(0.0, 12.1, 3.0), torch.arange(0.0, 12.1, 3.0), indexing="ij")
-    screen = torch.stack((xs.flatten() + 1.3, ys.flatten() + 1.7, 10 + 30 * xs.flatten()), 1)
-    quads = torch.tensor([[r * 5 + c, r * 5 + c + 1, r * 5 + c + 6, r * 5 + c + 5] for r in range(4) for c in range(4)])
+    x, y = xs.flatten() + 1.3, ys.flatten() + 1.7
+    screen = torch.stack((x, y, 100 - 10 * (x - 7.3).abs()), 1)
+    corner = torch.tensor([r * 5 + c for r in range(4) for c in range(4)])
+    quads = torch.stack((corner, corner + 1, corner + 6, corner + 5), 1)
     faces = torch.cat((quads[:, [0, 1, 2]], quads[:, [0, 2, 3]]))
     frags = rasterize(screen, faces, 16, 16)
+    bottom = ((x == 7.3) & (y > 2) & (y < 13)).nonzero().squeeze(1)  # not on the mesh border
+    for v in bottom.tolist():
+        near = frags.zbuf[int(y[v]) : int(y[v]) + 2, 7:9]
+        assert (near * 1.01 < screen[v, 2]).all()  # the depth test alone would hide it
     assert vertex_visibility(screen, faces, frags).all()
 
 
@@ -218,7 +236,8 @@ def test_sh_basis_orthogonal():
     phi = math.pi * (1 + 5**0.5) * i
     r = (1 - z * z).sqrt()
     normals = torch.stack((r * phi.cos(), r * phi.sin(), z), 1)  # Fibonacci sphere
-    a = torch.tensor([math.pi] + [2 * math.pi / math.sqrt(3)] * 3 + [2 * math.pi / math.sqrt(8)] * 5, dtype=torch.float64)
+    a0, a1, a2 = math.pi, 2 * math.pi / math.sqrt(3), 2 * math.pi / math.sqrt(8)
+    a = torch.tensor([a0] + [a1] * 3 + [a2] * 5, dtype=torch.float64)
     y = sh_basis(normals) / a
     gram = 4 * math.pi * y.T @ y / n
     torch.testing.assert_close(gram, torch.eye(9, dtype=torch.float64), atol=2e-3, rtol=0)

@@ -1,0 +1,133 @@
+"""`make bench`: speed and accuracy on the shared photos (medians of several runs).
+
+Run as ``python -m fit3dmm.bench [--photos N] [--iou N]``; reads ``$FIT3DMM_SHARED`` (default ../shared).
+Targets (2-core CPU, default settings): full fit <= 10 s, PRDL forward+backward <= 10 ms,
+rasterization at 224² <= 10 ms.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see cli.py; before torch loads
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from .celeba import fix_left_right, image_mask_pairs, read_mask, split_of  # noqa: E402
+from .config import FitConfig  # noqa: E402
+from .errors import Fit3dmmError  # noqa: E402
+from .losses import make_loss  # noqa: E402
+from .metrics import IOU_PARTS, landmark_nme, part_iou  # noqa: E402
+from .models import FaceModel  # noqa: E402
+from .models.ict import import_ict  # noqa: E402
+from .outputs import fitted_label_map, render_photo  # noqa: E402
+from .pipeline import Pipeline, load_image  # noqa: E402
+from .render import rasterize  # noqa: E402
+
+LANDMARK_PHOTOS = ("image_0001", "image_0010", "breakingbad", "einstein", "lenna", "takeo")
+
+
+def median_ms(fn, runs: int = 30) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def read_pts(path: Path) -> np.ndarray:
+    text = path.read_text()
+    return np.array(text[text.index("{") + 1 : text.index("}")].split(), dtype=np.float64).reshape(-1, 2) - 1.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--photos", type=int, default=5, help="photos from shared/data/photos to time full fits on")
+    parser.add_argument("--iou", type=int, default=20, help="validation photos for the part IoU with/without PRDL")
+    args = parser.parse_args()
+    shared = Path(os.environ.get("FIT3DMM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+    console = Console()
+    model = FaceModel(import_ict(shared / "models" / "ict-facekit" / "ict_facekit_light.npz"))
+    pipeline = Pipeline(FitConfig(), model)
+
+    photos = sorted((shared / "data" / "photos").iterdir())[: args.photos]
+    stage_times: dict[str, list[float]] = {}
+    for photo in photos:
+        out = pipeline.fit(load_image(photo))
+        for k, v in out.timings.items():
+            stage_times.setdefault(k, []).append(v)
+    table = Table(title=f"full fit, default settings, median over {len(photos)} photos of shared/data/photos")
+    table.add_column("step")
+    table.add_column("median s", justify="right")
+    for k, v in stage_times.items():
+        table.add_row(k, f"{statistics.median(v):.3f}")
+    console.print(table)
+
+    # Micro-benchmarks on the last fit's real target and final geometry.
+    frame = out.result.frame
+    screen = frame.screen.detach().clone().requires_grad_(True)
+    prdl = make_loss("prdl", model, out.target)
+
+    def prdl_step():
+        frame.screen = screen
+        prdl(frame).backward()
+
+    raster_ms = median_ms(lambda: rasterize(screen.detach(), model.triangles, 224, 224))
+    prdl_ms = median_ms(prdl_step)
+    frame_ms = median_ms(lambda: pipeline.fitter.frame(out.result.params, raster=True))
+    console.print(f"rasterize 224²: {raster_ms:.2f} ms   PRDL forward+backward: {prdl_ms:.2f} ms   "
+                  f"geometry+raster+visibility per iteration: {frame_ms:.2f} ms")
+
+    nmes = {}
+    for name in LANDMARK_PHOTOS:
+        image = next((shared / "data" / "landmarks-68").glob(f"{name}.*[gp]"))
+        out = pipeline.fit(load_image(image))
+        fitted = out.target.crop.to_photo(out.result.landmarks68.numpy())
+        truth = read_pts(image.with_suffix(".pts"))
+        nmes[name] = (landmark_nme(out.observation.landmarks68, truth), landmark_nme(fitted, truth))
+    table = Table(title="68-landmark NME (outer-eye-corner distance) on shared/data/landmarks-68")
+    for col in ("photo", "detected", "fitted"):
+        table.add_column(col)
+    for name, (det, fit) in nmes.items():
+        table.add_row(name, f"{det:.2%}", f"{fit:.2%}")
+    table.add_row("mean", f"{np.mean([v[0] for v in nmes.values()]):.2%}", f"{np.mean([v[1] for v in nmes.values()]):.2%}")
+    console.print(table)
+
+    if args.iou:
+        root = shared / "data" / "celebamask-hq"
+        pairs = [p for p in image_mask_pairs(root / "images", root / "masks") if split_of(p[0].stem) == "val"][: args.iou]
+        pipelines = {loss: Pipeline(FitConfig.create(loss=loss), model) for loss in ("none", "prdl")}
+        rows = {loss: [] for loss in pipelines}
+        for image_path, mask_path in pairs:
+            image, truth = load_image(image_path), fix_left_right(read_mask(mask_path))
+            for loss, pipe in pipelines.items():
+                try:
+                    res = pipe.fit(image)
+                except Fit3dmmError:  # a photo without a detectable face is skipped
+                    continue
+                tri, bary, _ = render_photo(res)
+                rows[loss].append(part_iou(fitted_label_map(res, tri, bary), truth, IOU_PARTS))
+        table = Table(title=f"part IoU of the fit against human masks, {len(pairs)} validation photos (landmarks segmenter)")
+        table.add_column("part")
+        for loss in rows:
+            table.add_column(f"--loss {loss}", justify="right")
+        for part in (*IOU_PARTS, "mean"):
+            cells = []
+            for loss, rs in rows.items():
+                per_part = {p: np.nanmean([r[p] for r in rs]) for p in IOU_PARTS}
+                cells.append(f"{(np.mean(list(per_part.values())) if part == 'mean' else per_part[part]):.3f}")
+            table.add_row(part, *cells)
+        console.print(table)
+
+
+if __name__ == "__main__":
+    main()
