@@ -44,7 +44,13 @@ def ict_model(model_dir):
     return FaceModel(load_model(model_dir / "ict.npz"))
 
 
-@pytest.fixture(autouse=True)
-def _private_models(model_dir, monkeypatch):
-    # Tests never read or write the user's model folder.
-    monkeypatch.setenv("FIT3DMM_MODELS", str(model_dir))
+@pytest.fixture(scope="session", autouse=True)
+def _private_models(model_dir):
+    # Tests never read or write the user's model folder; session-wide, so module fixtures see it too.
+    old = os.environ.get("FIT3DMM_MODELS")
+    os.environ["FIT3DMM_MODELS"] = str(model_dir)
+    yield
+    if old is None:
+        del os.environ["FIT3DMM_MODELS"]
+    else:
+        os.environ["FIT3DMM_MODELS"] = old
