@@ -98,7 +98,7 @@ class Fitter:
         screen = self.camera.project(cam)
         frame = Frame(vertices=verts, screen=screen, rotation=rotation, params=params)
         if raster:
-            tris = self.model.triangles
+            tris = self.model.fit_triangles
             size = self.camera.size
             frame.frags = rasterize(screen.detach(), tris, size, size)
             frame.normals = vertex_normals(cam, tris)

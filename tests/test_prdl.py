@@ -63,7 +63,7 @@ def test_prdl_is_zero_when_sets_agree_and_positive_otherwise():
 
 def test_empty_target_part_is_ignored():
     loss, frame, ids = _toy(empty=("left_eyebrow",))
-    assert "left_eyebrow" not in [p[0] for p in loss.parts]
+    assert "left_eyebrow" not in loss.part_names
     loss(frame).backward()
     assert frame.screen.grad[ids["left_eyebrow"]].abs().sum() == 0
 
@@ -111,3 +111,26 @@ def test_brow_line_cuts_forehead_above_tilted_brows():
         ys, xs = np.nonzero(labels == label)
         signed = (a * xs + b * ys + c) / np.hypot(a, b)
         assert signed.max() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_batched_loss_equals_per_part_descriptors():
+    """The loss's all-parts-at-once evaluation equals the definition applied part by part, with hidden
+    points left out, in value and gradient."""
+    loss, frame, ids = _toy()
+    g = torch.Generator().manual_seed(1)
+    moved = (frame.screen.detach() + torch.randn(frame.screen.shape, generator=g)).requires_grad_(True)
+    frame.screen = moved
+    frame.visible = torch.rand(len(moved), generator=g) > 0.3
+    value = loss(frame)
+    value.backward()
+    grad = moved.grad.clone()
+    moved.grad = None
+    expected = 0.0
+    for k, name in enumerate(loss.part_names):
+        part = ids[name][frame.visible[ids[name]]]
+        if len(part):
+            desc = descriptors(moved[part, :2], loss.anchors)
+            expected = expected + ((desc - loss.target_desc[k]) ** 2).sum(1).mean()
+    expected.backward()
+    assert value.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.allclose(grad, moved.grad, atol=1e-5)

@@ -22,7 +22,7 @@ class PhotometricLoss(Loss):
 
     def __call__(self, frame: Frame):
         colors = vertex_colors(self.model, frame.params, frame.normals)
-        values, pixel = interpolate(frame.screen, self.model.triangles, frame.frags, colors)
+        values, pixel = interpolate(frame.screen, self.model.fit_triangles, frame.frags, colors)
         keep = self.valid[pixel]
         if not keep.any():
             return frame.screen.new_zeros(())

@@ -15,8 +15,10 @@ from ..models.facemodel import PART_NAMES
 from ..sampling import farthest_point_sampling
 from .base import Frame, Loss, register
 
-#: Anchors per side of the square crop grid. Measured on CelebAMask-HQ fits (README, "PRDL settings").
-ANCHOR_GRID = 16
+#: Anchors per side of the square crop grid (8x8 = 64, every 28 px of the 224 crop). On 12 validation
+#: photos, 8x8, 12x12 and 16x16 gave the same part IoU (59.8/59.9/59.9%) while the cost grows with the
+#: anchor count (README, "PRDL settings").
+ANCHOR_GRID = 8
 SKIN_POINTS = 3000
 
 
@@ -54,35 +56,63 @@ def mask_points(mask: Tensor, max_points: int | None = None) -> Tensor:
 
 @register
 class PRDL(Loss):
+    """PRDL over all parts at once. The parts' vertices form one array (a contiguous segment per part),
+    so an iteration does one gather and one anchor-to-point distance matrix; the means are one matrix
+    product, and the nearest/farthest points are found without autograd and only their distances
+    recomputed with it, which gives the same values and gradients as :func:`descriptors` per part
+    at a fraction of the backward cost. Dropped points are masked, not removed."""
+
     name = "prdl"
     needs_raster = True
 
-    def __init__(self, model, target, grid: int = ANCHOR_GRID, part_weights: dict[str, float] | None = None):
+    def __init__(self, model, target, grid: int | None = None, part_weights: dict[str, float] | None = None):
         super().__init__(model, target)
-        self.anchors = anchor_grid(target.size, grid, device=target.image.device)
-        self.parts = []  # (name, weight, vertex ids, target descriptor); empty target parts get weight 0
+        device = target.image.device
+        self.anchors = anchor_grid(target.size, grid or ANCHOR_GRID, device=device)
+        names, ids, targets, weights, segments = [], [], [], [], []
         for name in PART_NAMES:
             pts = mask_points(target.part_masks[name], SKIN_POINTS if name == "skin" else None)
-            ids = model.part_vertices(name)
-            if len(pts) == 0 or len(ids) == 0:
+            part_ids = model.part_vertices(name)
+            if len(pts) == 0 or len(part_ids) == 0:  # empty target part: weight 0
                 continue
-            weight = 1.0 if part_weights is None else part_weights.get(name, 1.0)
-            self.parts.append((name, weight, ids, descriptors(pts, self.anchors)))
+            names.append(name)
+            segments.append(torch.full((len(part_ids),), len(ids), dtype=torch.long, device=device))
+            ids.append(part_ids)
+            targets.append(descriptors(pts, self.anchors))
+            weights.append(1.0 if part_weights is None else part_weights.get(name, 1.0))
+        self.part_names = names
+        self.ids = torch.cat(ids) if ids else torch.zeros(0, dtype=torch.long, device=device)
+        self.segment = torch.cat(segments) if segments else torch.zeros(0, dtype=torch.long, device=device)
+        self.target_desc = torch.stack(targets) if targets else None  # (P, A, 3)
+        self.weights = torch.tensor(weights, device=device)
+        self.is_skin = self.segment == (names.index("skin") if "skin" in names else -1)
 
-    def predicted_points(self, frame: Frame, name: str, ids: Tensor) -> Tensor:
-        """Visible projected points of a part, without those on hair/occluders or (skin) above the brows."""
-        xy = frame.screen[ids, :2]
-        keep = frame.visible[ids] & ~self.target.pixel_lookup(self.target.occluded, xy)
-        if name == "skin":
-            keep &= ~self.target.above_brows(xy.detach())
-        return xy[keep]
+    def kept(self, frame: Frame, xy: Tensor) -> Tensor:
+        """(N,) bool: visible, not on hair/occluders, and (skin) not above the brow line."""
+        xy = xy.detach()
+        keep = frame.visible[self.ids] & ~self.target.pixel_lookup(self.target.occluded, xy)
+        return keep & ~(self.is_skin & self.target.above_brows(xy))
 
     def __call__(self, frame: Frame) -> Tensor:
-        total = frame.screen.new_zeros(())
-        for name, weight, ids, target_desc in self.parts:
-            pts = self.predicted_points(frame, name, ids)
-            if len(pts) == 0:  # part hidden in the fit (e.g. lids closed): no gradient to give
-                continue
-            diff = descriptors(pts, self.anchors) - target_desc
-            total = total + weight * (diff**2).sum(1).mean()
-        return total
+        if self.target_desc is None:
+            return frame.screen.new_zeros(())
+        xy = frame.screen[self.ids, :2]
+        kept = torch.nonzero(self.kept(frame, xy)).squeeze(1)
+        xy, segment = xy[kept], self.segment[kept]  # still sorted by part
+        n_parts = len(self.part_names)
+        count = torch.bincount(segment, minlength=n_parts)
+        dist = torch.cdist(xy, self.anchors, compute_mode="donot_use_mm_for_euclid_dist")  # (N, A)
+        mean = torch.zeros(n_parts, dist.shape[1], device=xy.device).index_add_(0, segment, dist)
+        mean = mean / count.clamp(min=1)[:, None]
+        present = torch.nonzero(count).squeeze(1).tolist()
+        bounds = torch.cat([count.new_zeros(1), count.cumsum(0)]).tolist()
+        with torch.no_grad():
+            i_near = torch.stack([dist[bounds[p] : bounds[p + 1]].argmin(0) + bounds[p] for p in present])
+            i_far = torch.stack([dist[bounds[p] : bounds[p + 1]].argmax(0) + bounds[p] for p in present])
+        # Only the chosen points' distances need autograd: (P', A) each.
+        nearest = (xy[i_near] - self.anchors).norm(dim=-1)
+        farthest = (xy[i_far] - self.anchors).norm(dim=-1)
+        desc = torch.stack([nearest, farthest, mean[present]], dim=-1)  # (P', A, 3)
+        # A part hidden in the fit (e.g. lids closed) has no points and no gradient to give.
+        per_part = ((desc - self.target_desc[present]) ** 2).sum(-1).mean(1)
+        return (self.weights[present] * per_part).sum()

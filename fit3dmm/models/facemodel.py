@@ -178,6 +178,11 @@ class FaceModel(nn.Module):
         self.register_buffer("contour", i64(data.contour))
         self.register_buffer("parts", i64(data.parts))
         self.register_buffer("skin_subset", i64(data.skin_subset))
+        # The fit renders only triangles touching an annotated vertex: scalp, ears and neck take no part in
+        # any loss, and leaving them out of the fit's rasterization halves its cost.
+        tris = data.triangles
+        fit_tris = tris[(data.parts[tris] >= 0).any(1)] if data.has_parts else tris
+        self.register_buffer("fit_triangles", i64(fit_tris))
         self.has_albedo_basis = data.albedo_basis is not None
         if self.has_albedo_basis:
             self.register_buffer("albedo_mean", f32(data.albedo_mean))
