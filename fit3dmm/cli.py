@@ -166,7 +166,7 @@ def list_cmd() -> None:
 @click.option("--export", type=click.Path(path_type=Path), help="Also write the annotation alone (parts, skin_subset) to this .npz.")
 def annotate_cmd(model_name, images, masks, limit, check, export) -> None:
     """Label MODEL's vertices with parts by voting on labelled photos (CelebAMask-HQ layout), and save it into the model."""
-    from .celeba import image_mask_pairs, split_of
+    from .datasets import image_mask_pairs, split_of
     from .models import PART_NAMES, FaceModel, load_model, resolve_model, save_model
     from .models.annotate import annotate, apply_annotation, score_annotation
 

@@ -1,12 +1,11 @@
 """Fitting real photos end to end (default settings)."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fit3dmm.celeba import fix_left_right, read_mask
 from fit3dmm.config import FitConfig
+from fit3dmm.datasets import fix_left_right, read_mask, read_pts
 from fit3dmm.metrics import IOU_PARTS, landmark_nme, part_iou
 from fit3dmm.outputs import fitted_label_map, render_photo
 from fit3dmm.pipeline import Pipeline, load_image
@@ -20,11 +19,6 @@ LANDMARK_PHOTOS = ("lenna.png", "takeo.png", "image_0010.png")
 MAX_FIT_NME = 0.08
 CELEBA_PHOTO = "00f3cdb789584cd59706977dcb122a3f"  # in the validation split: the annotation never saw it
 
-
-def read_pts(path: Path) -> np.ndarray:
-    text = path.read_text()
-    body = text[text.index("{") + 1 : text.index("}")]
-    return np.array(body.split(), dtype=np.float64).reshape(-1, 2) - 1.0  # 300-W is 1-based
 
 
 @pytest.fixture(scope="module")

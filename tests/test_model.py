@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fit3dmm.errors import ModelError
-from fit3dmm.models import FaceModel, PART_NAMES, load_model, save_model
+from fit3dmm.models import PART_NAMES, FaceModel, load_model, save_model
 from fit3dmm.models.ict import EYEBALLS, FACE, import_ict
 
 

@@ -11,10 +11,11 @@ import cv2
 import numpy as np
 import pytest
 
-from fit3dmm.celeba import read_mask
+from fit3dmm.datasets import read_mask, read_pts
 from fit3dmm.errors import NoFaceError
 from fit3dmm.perception import MESH_PARTS, Detection, FaceDetector, FaceMeshPredictor, to_ibug68
 from fit3dmm.perception.landmarks import IBUG68_FROM_MESH, MIRROR_PAIRS
+from fit3dmm.pipeline import load_image
 
 LANDMARK_PHOTOS = ["image_0001.png", "image_0010.png", "breakingbad.jpg", "einstein.jpg", "lenna.png", "takeo.png"]
 # CelebAMask-HQ photos with every scored part labelled (no sunglasses, brows visible).
@@ -37,18 +38,6 @@ def predictor() -> FaceMeshPredictor:
     return FaceMeshPredictor()
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # grayscale photos come back with 3 channels
-    assert image is not None, f"cannot read {path}"
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def read_pts(path: Path) -> np.ndarray:
-    """300-W .pts file -> (N, 2) points, 0-based (the files are 1-based)."""
-    body = path.read_text().split("{")[1].split("}")[0]
-    return np.array(body.split(), dtype=np.float64).reshape(-1, 2) - 1.0
-
-
 def face_at(detections: list[Detection], point: np.ndarray) -> Detection:
     hits = [d for d in detections if d.box[0] <= point[0] <= d.box[2] and d.box[1] <= point[1] <= d.box[3]]
     assert hits, f"no detection contains {point}"
@@ -58,7 +47,7 @@ def face_at(detections: list[Detection], point: np.ndarray) -> Detection:
 def test_detector_finds_lenna(shared_dir, detector):
     folder = shared_dir / "data" / "landmarks-68"
     truth = read_pts(folder / "lenna.pts")
-    detections = detector.detect(read_rgb(folder / "lenna.png"))
+    detections = detector.detect(load_image(folder / "lenna.png"))
     assert len(detections) == 1
     (face,) = detections
     cx, cy = truth.mean(0)
@@ -95,7 +84,7 @@ def test_ibug68_accuracy(shared_dir, detector, predictor):
     errors = []
     for name in LANDMARK_PHOTOS:
         truth = read_pts(folder / (Path(name).stem + ".pts"))
-        image = read_rgb(folder / name)
+        image = load_image(folder / name)
         mesh = predictor.predict(image, face_at(detector.detect(image), truth.mean(0)))
         assert mesh.shape == (468, 3) and mesh.dtype == np.float32
         points = to_ibug68(mesh)
@@ -114,7 +103,7 @@ def test_mesh_parts_match_human_masks(shared_dir, detector, predictor):
               "nose": (2,), "up_lip": (11,), "down_lip": (12,)}
     ious = []
     for stem in CELEBA_IDS:
-        image = read_rgb(folder / "images" / f"{stem}.jpg")
+        image = load_image(folder / "images" / f"{stem}.jpg")
         labels = read_mask(folder / "masks" / f"{stem}.png")
         detections = detector.detect(image)
         assert detections, stem

@@ -19,7 +19,8 @@ class Frame:
 
     vertices (V, 3) model frame; screen (V, 3) crop pixels + depth; rotation (3, 3) model->camera
     (including the axis flip); params: the fit's coefficient tensors by name. With rasterization:
-    normals (V, 3) camera frame, frags (hard pass, no grad), visible (V,) bool. Without, those are None.
+    normals (V, 3) camera frame, frags (hard pass, no grad, triangle ids into ``model.fit_triangles``),
+    visible (V,) bool. Without, those are None.
     """
 
     vertices: Tensor

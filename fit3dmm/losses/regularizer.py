@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 
 from .base import Frame, Loss, register
 
@@ -30,14 +29,8 @@ class AlbedoSmoothness(Loss):
 
     name = "albedo_smooth"
 
-    def __init__(self, model, target):
-        super().__init__(model, target)
-        t = model.triangles
-        edges = torch.cat([t[:, [0, 1]], t[:, [1, 2]], t[:, [2, 0]]]).sort(1).values
-        self.edges = torch.unique(edges, dim=0)
-
     def __call__(self, frame: Frame):
         if self.model.has_albedo_basis:
             return frame.screen.new_zeros(())
-        a = frame.params["albedo"]
-        return ((a[self.edges[:, 0]] - a[self.edges[:, 1]]) ** 2).sum(1).mean()
+        a, edges = frame.params["albedo"], self.model.edges
+        return ((a[edges[:, 0]] - a[edges[:, 1]]) ** 2).sum(1).mean()

@@ -14,8 +14,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..celeba import fix_left_right, read_mask
 from ..config import FitConfig
+from ..datasets import fix_left_right, read_mask
 from ..errors import Fit3dmmError
 from ..metrics import IOU_PARTS, part_iou
 from ..outputs import fitted_label_map, render_photo
@@ -68,11 +68,15 @@ def annotate(
     pairs: list,
     config: FitConfig | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    min_votes: int = MIN_VOTES,
 ) -> Annotation:
     """Vote parts over (image path, mask path) pairs with landmark-only fits; photos that fail (no face)
     are skipped and listed in ``failures``."""
     config = landmark_only_config(config or FitConfig())
-    pipeline = Pipeline(config, model)
+    # Vote on the model without any earlier annotation, which would restrict the fit's rendering (and so
+    # visibility) to the parts already labelled.
+    unlabelled = with_parts(model.data, -np.ones(model.n_vertices, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    pipeline = Pipeline(config, FaceModel(unlabelled).to(model.mean.device))
     votes = np.zeros((model.n_vertices, OTHER + 1), dtype=np.int64)
     failures, used = [], 0
     for i, (image_path, mask_path) in enumerate(pairs):
@@ -94,7 +98,7 @@ def annotate(
         used += 1
         if progress is not None:
             progress(i + 1, len(pairs), str(image_path))
-    parts = parts_from_votes(votes)
+    parts = parts_from_votes(votes, min_votes)
     return Annotation(parts, skin_subset(model.data.mean, parts), votes, used, failures)
 
 

@@ -183,6 +183,8 @@ class FaceModel(nn.Module):
         tris = data.triangles
         fit_tris = tris[(data.parts[tris] >= 0).any(1)] if data.has_parts else tris
         self.register_buffer("fit_triangles", i64(fit_tris))
+        edges = np.sort(np.concatenate([tris[:, [0, 1]], tris[:, [1, 2]], tris[:, [2, 0]]]), axis=1)
+        self.register_buffer("edges", i64(np.unique(edges, axis=0)))  # (E, 2) unique mesh edges
         self.has_albedo_basis = data.albedo_basis is not None
         if self.has_albedo_basis:
             self.register_buffer("albedo_mean", f32(data.albedo_mean))

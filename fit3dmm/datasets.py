@@ -1,4 +1,5 @@
-"""CelebAMask-HQ style data: ``images/<stem>.jpg`` with ``masks/<stem>.png`` label maps.
+"""Reading evaluation data: CelebAMask-HQ style folders (``images/<stem>.jpg`` with ``masks/<stem>.png``
+label maps) and 300-W ``.pts`` landmark files.
 
 About 7% of CelebAMask-HQ masks swap the subject's left and right eyes/brows, so left/right are
 decided here by image position: the subject's left appears on the image's right.
@@ -65,3 +66,13 @@ def split_of(stem: str) -> str:
     """Fixed split by a hash of the file stem: 'val' (20%) or 'train'. The learned parser never trains
     on 'val', and the model annotation votes on 'train' only, so 'val' scores stay honest."""
     return "val" if int(hashlib.md5(stem.encode()).hexdigest(), 16) % 5 == 0 else "train"
+
+
+def read_pts(path: str | Path) -> np.ndarray:
+    """A 300-W ``.pts`` file -> (N, 2) float points, 0-based (the files are 1-based)."""
+    try:
+        text = Path(path).read_text()
+        body = text[text.index("{") + 1 : text.index("}")]
+        return np.array(body.split(), dtype=np.float64).reshape(-1, 2) - 1.0
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: not a readable .pts file ({e})") from e
