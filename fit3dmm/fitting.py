@@ -20,9 +20,10 @@ from .target import FitTarget
 
 #: Initial lighting: ambient only, as Deep3DFaceRecon's.
 AMBIENT_INIT = 0.8
-#: Occlusion depth tolerance as a fraction of the outer-eye-corner distance (about 2 mm on a face):
-#: small enough that eyeballs behind closed lids are hidden.
-DEPTH_TOL = 0.02
+#: Occlusion depth tolerance as a fraction of the outer-eye-corner distance (about 0.5 mm on a face).
+#: Measured on the ICT model: closing the lids hides 91% of the eyeball vertices seen with open eyes at
+#: this tolerance, 67% at 2 mm, while the face's visible vertices change by under 1%.
+DEPTH_TOL = 0.005
 
 
 @dataclass(frozen=True)

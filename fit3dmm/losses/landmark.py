@@ -14,7 +14,8 @@ class LandmarkLoss(Loss):
 
     Jaw landmarks follow the silhouette: among each one's contour candidates the fit takes the one lying
     farthest along the landmark's outward direction (from the face centre, in the model's front plane,
-    rotated into the image), which on a turned head is the outline rather than a hidden vertex.
+    rotated into the image), which on a turned head is the outline rather than a hidden vertex. When the
+    frame has visibility, only visible candidates count.
     """
 
     name = "landmark"
@@ -37,7 +38,12 @@ class LandmarkLoss(Loss):
         with torch.no_grad():
             direction = (self.outward @ frame.rotation.T.detach())[:, :2]  # (17, 2) image directions
             score = (xy[self.candidates] * direction[:, None, :]).sum(-1)
-            score = score.masked_fill(~self.valid, float("-inf"))
+            valid = self.valid
+            if frame.visible is not None:
+                # On the side facing the camera the outermost candidate can hide behind the ear.
+                seen = valid & frame.visible[self.candidates]
+                valid = torch.where(seen.any(1, keepdim=True), seen, valid)
+            score = score.masked_fill(~valid, float("-inf"))
             pick = self.candidates.gather(1, score.argmax(1, keepdim=True)).squeeze(1)
         return torch.cat([xy[pick], lm[17:]], dim=0)
 

@@ -1,0 +1,54 @@
+"""Visibility and contour marching on the real model, rendered synthetically."""
+
+import pytest
+import torch
+
+from fit3dmm.config import FitConfig
+from fit3dmm.fitting import Fitter
+from fit3dmm.losses import make_loss
+from fit3dmm.models.ict import FACE
+
+
+def _params(model, yaw=0.0, blink=0.0):
+    exp = torch.zeros(model.n_exp)
+    names = model.data.meta["expression_names"]
+    exp[names.index("eyeBlink_L")] = exp[names.index("eyeBlink_R")] = blink
+    return {"angles": torch.tensor([0.0, yaw, 0.0]), "translation": torch.tensor([0.0, 0.0, 110.0]),
+            "id": torch.zeros(model.n_id), "exp": exp}
+
+
+@pytest.fixture(scope="module")
+def fitter(ict_model):
+    return Fitter(ict_model, FitConfig())
+
+
+def test_closed_lids_hide_the_eyeballs(fitter, ict_model):
+    eyeballs = torch.arange(FACE[1] - FACE[0], ict_model.n_vertices)
+    open_eyes = fitter.frame(_params(ict_model, blink=0.0), raster=True).visible[eyeballs]
+    closed = fitter.frame(_params(ict_model, blink=1.0), raster=True).visible[eyeballs]
+    assert open_eyes.sum() > 200
+    assert closed.sum() < 0.15 * open_eyes.sum()  # measured 9%: the rest peek through the eye corners
+
+
+@pytest.mark.parametrize("yaw", [0.6, -0.6])
+def test_jaw_landmarks_march_to_the_silhouette(fitter, ict_model, yaw):
+    """On a head turned by ~35 degrees, the marched jaw landmarks of the side turning away lie on the
+    silhouette (surface normal perpendicular to the viewing ray), where the frontal vertices do not."""
+    frame = fitter.frame(_params(ict_model, yaw=yaw), raster=True)
+    target = type("T", (), {"landmarks68": torch.zeros(68, 2)})()
+    loss = make_loss("landmark", ict_model, target)
+    marched = loss.fitted_points(frame)[:17]
+    marching = [i for i in range(17) if (ict_model.contour[i] >= 0).sum() > 1]
+    assert 6 <= len(marching) <= 12 and 8 not in marching
+    away = [i for i in marching if (i < 8) == (yaw > 0)]  # the subject's right (0-7) turns away for yaw > 0
+    near = [i for i in marching if i not in away]
+    screen = frame.screen[:, :2]
+    cam = frame.vertices @ frame.rotation.T + torch.tensor([0.0, 0.0, 110.0])
+    facing = ((frame.normals * torch.nn.functional.normalize(cam, dim=1)).sum(1)).abs()  # |cos|, 0 on the silhouette
+    for i in away:
+        vertex = int((screen - marched[i]).norm(dim=1).argmin())
+        frontal = int(ict_model.landmarks68[i])
+        assert facing[vertex] < 0.1, f"jaw landmark {i} is not on the silhouette"  # measured 0.00-0.03
+        assert facing[frontal] > 0.4  # measured 0.46-0.68
+    for i in near:  # on the side facing the camera the marched point stays visible (not behind the ear)
+        assert frame.visible[int((screen - marched[i]).norm(dim=1).argmin())]
