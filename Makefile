@@ -40,7 +40,7 @@ test: setup check-shared
 bench: setup check-shared
 	$(BIN)/python -m fit3dmm.bench
 
-# Regenerates the shipped part annotation of the ICT model from CelebAMask-HQ (about 25 min here).
+# Regenerates the shipped part annotation of the ICT model from CelebAMask-HQ (about 8 min here).
 annotate: setup check-shared
 	FIT3DMM_MODELS=$(abspath .annotate) $(BIN)/fit3dmm model import-ict --no-parts "$(SHARED)/models/ict-facekit/ict_facekit_light.npz"
 	FIT3DMM_MODELS=$(abspath .annotate) $(BIN)/fit3dmm model annotate ict \
