@@ -13,12 +13,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .errors import Fit3dmmError
-
 # OpenMP's default spin-waiting made every parallel torch op ~25x slower on the 2-core VMs we measured
 # (threads spinning against a CPU quota); passive waiting fixes it and costs nothing elsewhere. Set before
 # torch is first imported (the commands import it lazily).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .config import PRDL_WEIGHT  # noqa: E402
+from .errors import Fit3dmmError  # noqa: E402
+from .losses import SEGMENTATION_LOSSES  # noqa: E402
+from .perception.segmentation import SEGMENTERS  # noqa: E402
 
 console = Console(stderr=True)
 
@@ -44,28 +47,28 @@ def main() -> None:
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output folder; one subfolder per image.")
-@click.option("--loss", default="prdl", show_default=True, help="Segmentation loss: a registered loss name, or 'none' for landmark + photometric only.")
+@click.option("--loss", type=click.Choice([*SEGMENTATION_LOSSES, "none"]), default="prdl", show_default=True,
+              help="Segmentation loss of the final stage; 'none' for landmark + photometric only.")
+@click.option("--seg-weight", type=float, default=PRDL_WEIGHT, show_default=True, help="Weight of the segmentation loss.")
 @click.option("--model", default="ict", show_default=True, help="Installed model name or path to a model .npz.")
-@click.option("--segmenter", default="landmarks", show_default=True, help="Part segmenter for the PRDL target.")
+@click.option("--segmenter", type=click.Choice(sorted(SEGMENTERS)), default="landmarks", show_default=True,
+              help="Part segmenter for the segmentation loss's target.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--face", "face_index", default=0, show_default=True, help="Which face, by size (0 = largest).")
 @click.option("--iterations", default=120, show_default=True, help="Iterations of the final (all-losses) stage.")
 @click.option("--overwrite", is_flag=True, help="Replace existing result folders.")
-def fit(inputs, out, loss, model, segmenter, device, face_index, iterations, overwrite) -> None:
+def fit(inputs, out, loss, seg_weight, model, segmenter, device, face_index, iterations, overwrite) -> None:
     """Fit each INPUT (an image, or a folder of images) and write OUT/<stem>/."""
     from .config import FitConfig
-    from .losses import REGISTRY, SEGMENTATION_LOSSES
     from .outputs import write_result
     from .pipeline import Pipeline, collect_images, load_image
 
-    if loss != "none" and (loss not in REGISTRY or loss not in SEGMENTATION_LOSSES):
-        _fail(f"unknown --loss '{loss}'; choose from: {', '.join((*SEGMENTATION_LOSSES, 'none'))}")
     images = collect_images(list(inputs))
     if not images:
         _fail("no images found in the inputs")
     try:
-        config = FitConfig.create(loss=loss, iterations=iterations, model=model, segmenter=segmenter,
-                                  device=device, face_index=face_index)
+        config = FitConfig.create(loss=loss, iterations=iterations, seg_weight=seg_weight, model=model,
+                                  segmenter=segmenter, device=device, face_index=face_index)
         pipeline = Pipeline(config)
     except (Fit3dmmError, ValueError) as e:
         _fail(str(e))

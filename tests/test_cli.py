@@ -73,7 +73,7 @@ def test_existing_result_needs_overwrite(batch, shared_dir):
     "args, message",
     [
         (["fit", "X", "-o", "O", "--model", "nosuchmodel"], "face model 'nosuchmodel' not found"),
-        (["fit", "X", "-o", "O", "--loss", "nosuchloss"], "unknown --loss"),
+        (["fit", "X", "-o", "O", "--loss", "nosuchloss"], "Invalid value for '--loss'"),
         (["fit", "missing.jpg", "-o", "O"], "no such file"),
         (["model", "import-ict", "."], "lacks generic_neutral_mesh.obj"),
     ],
