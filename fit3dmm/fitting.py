@@ -114,7 +114,9 @@ class Fitter:
             if not self.model.has_albedo_basis:
                 params["albedo"].clamp_(0, 1)
 
-    def run_stage(self, stage: Stage, params: dict[str, Tensor], losses: dict, report) -> dict[str, float]:
+    def run_stage(self, stage: Stage, params: dict[str, Tensor], losses: dict, report=None) -> dict[str, float]:
+        """Run one stage in place on ``params``; returns its final weighted loss values. ``report(it,
+        values)`` is called every iteration if given (reading the values syncs a GPU, so only then)."""
         groups = [{"params": [params[name]], "lr": lr} for name, lr in stage.lrs]
         for name, _ in stage.lrs:
             params[name].requires_grad_(True)
@@ -134,8 +136,10 @@ class Fitter:
             opt.step()
             sched.step()
             self._clamp(params)
-            values = {k: float(v.detach()) for k, v in terms.items()}
-            report(it, values)
+            if report is not None or it == stage.iterations - 1:
+                values = {k: float(v.detach()) for k, v in terms.items()}
+            if report is not None:
+                report(it, values)
         for name, _ in stage.lrs:
             params[name].requires_grad_(False)
         return values
@@ -150,10 +154,9 @@ class Fitter:
             t0 = time.perf_counter()
 
             def report(it, values, stage=stage, k=k):
-                if progress is not None:
-                    progress(Progress(stage.name, k, n, it + 1, stage.iterations, values))
+                progress(Progress(stage.name, k, n, it + 1, stage.iterations, values))
 
-            stage_losses[stage.name] = self.run_stage(stage, params, losses, report)
+            stage_losses[stage.name] = self.run_stage(stage, params, losses, report if progress else None)
             timings[f"stage_{stage.name}"] = time.perf_counter() - t0
         with torch.no_grad():
             final = self.frame(params, raster=True)

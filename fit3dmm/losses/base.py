@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -32,7 +33,7 @@ class Frame:
     visible: Tensor | None = None
 
 
-class Loss:
+class Loss(ABC):
     """A term of the objective. Constructed once per image (precompute target-side data there), then
     called once per iteration. Set ``needs_raster`` if the loss reads normals, frags or visibility."""
 
@@ -43,8 +44,9 @@ class Loss:
         self.model = model
         self.target = target
 
+    @abstractmethod
     def __call__(self, frame: Frame) -> Tensor:
-        raise NotImplementedError  # abstract: every registered loss overrides it
+        """The loss value (scalar tensor) for this iteration's frame."""
 
 
 REGISTRY: dict[str, type[Loss]] = {}
