@@ -18,7 +18,7 @@ from rich.table import Table
 # torch is first imported (the commands import it lazily).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .config import PRDL_WEIGHT  # noqa: E402
+from .config import FULL_ITERATIONS, PRDL_WEIGHT  # noqa: E402
 from .errors import Fit3dmmError  # noqa: E402
 from .losses import SEGMENTATION_LOSSES  # noqa: E402
 from .perception.segmentation import SEGMENTERS  # noqa: E402
@@ -55,7 +55,7 @@ def main() -> None:
               help="Part segmenter for the segmentation loss's target.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--face", "face_index", default=0, show_default=True, help="Which face, by size (0 = largest).")
-@click.option("--iterations", default=120, show_default=True, help="Iterations of the final (all-losses) stage.")
+@click.option("--iterations", default=FULL_ITERATIONS, show_default=True, help="Iterations of the final (all-losses) stage.")
 @click.option("--overwrite", is_flag=True, help="Replace existing result folders.")
 def fit(inputs, out, loss, seg_weight, model, segmenter, device, face_index, iterations, overwrite) -> None:
     """Fit each INPUT (an image, or a folder of images) and write OUT/<stem>/."""

@@ -34,7 +34,14 @@ class Stage:
     lr_final: float = 0.1
 
 
-def default_stages(seg_loss: str = "prdl", seg_weight: float = PRDL_WEIGHT, iterations: int = 120) -> tuple[Stage, ...]:
+#: Iterations of the final stage. 80, 100 and 120 gave the same accuracy (68-landmark NME 6.71/6.72/6.71%
+#: on 6 photos, part IoU 58.8/58.7/58.8% on 8 validation photos) at 5.4/6.5/7.4 s per fit.
+FULL_ITERATIONS = 80
+
+
+def default_stages(
+    seg_loss: str = "prdl", seg_weight: float = PRDL_WEIGHT, iterations: int = FULL_ITERATIONS
+) -> tuple[Stage, ...]:
     """Rigid pose on landmarks, then shape on landmarks, then everything with every loss.
 
     ``seg_loss`` "none" leaves the segmentation term out (landmark + photometric only).
@@ -73,7 +80,9 @@ class FitConfig:
     stages: tuple[Stage, ...] = field(default_factory=default_stages)
 
     @classmethod
-    def create(cls, loss: str = "prdl", iterations: int = 120, seg_weight: float = PRDL_WEIGHT, **kwargs) -> "FitConfig":
+    def create(
+        cls, loss: str = "prdl", iterations: int = FULL_ITERATIONS, seg_weight: float = PRDL_WEIGHT, **kwargs
+    ) -> "FitConfig":
         """The default stages with the given segmentation loss, its weight and final-stage iterations."""
         return cls(loss=loss, stages=default_stages(loss, seg_weight, iterations), **kwargs)
 
