@@ -21,13 +21,11 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from .config import FitConfig  # noqa: E402
-from .datasets import fix_left_right, image_mask_pairs, read_mask, read_pts, split_of  # noqa: E402
-from .errors import Fit3dmmError  # noqa: E402
+from .datasets import image_mask_pairs, read_pts, split_of  # noqa: E402
 from .losses import make_loss  # noqa: E402
-from .metrics import IOU_PARTS, landmark_nme, part_iou  # noqa: E402
+from .metrics import IOU_PARTS, landmark_nme, mean_part_iou  # noqa: E402
 from .models import FaceModel  # noqa: E402
 from .models.ict import import_ict  # noqa: E402
-from .outputs import fitted_label_map, render_photo  # noqa: E402
 from .pipeline import Pipeline, load_image  # noqa: E402
 from .render import rasterize  # noqa: E402
 
@@ -105,27 +103,13 @@ def main() -> None:
     if args.iou:
         root = shared / "data" / "celebamask-hq"
         pairs = [p for p in image_mask_pairs(root / "images", root / "masks") if split_of(p[0].stem) == "val"][: args.iou]
-        pipelines = {loss: Pipeline(FitConfig.create(loss=loss), model) for loss in ("none", "prdl")}
-        rows = {loss: [] for loss in pipelines}
-        for image_path, mask_path in pairs:
-            image, truth = load_image(image_path), fix_left_right(read_mask(mask_path))
-            for loss, pipe in pipelines.items():
-                try:
-                    res = pipe.fit(image)
-                except Fit3dmmError:  # a photo without a detectable face is skipped
-                    continue
-                tri, bary, _ = render_photo(res)
-                rows[loss].append(part_iou(fitted_label_map(res, tri, bary), truth, IOU_PARTS))
+        scores = {loss: mean_part_iou(Pipeline(FitConfig.create(loss=loss), model), pairs) for loss in ("none", "prdl")}
         table = Table(title=f"part IoU of the fit against human masks, {len(pairs)} validation photos (landmarks segmenter)")
         table.add_column("part")
-        for loss in rows:
+        for loss in scores:
             table.add_column(f"--loss {loss}", justify="right")
         for part in (*IOU_PARTS, "mean"):
-            cells = []
-            for loss, rs in rows.items():
-                per_part = {p: np.nanmean([r[p] for r in rs]) for p in IOU_PARTS}
-                cells.append(f"{(np.mean(list(per_part.values())) if part == 'mean' else per_part[part]):.3f}")
-            table.add_row(part, *cells)
+            table.add_row(part, *(f"{s[part]:.3f}" for s in scores.values()))
         console.print(table)
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
+from .datasets import fix_left_right, read_mask
+from .errors import Fit3dmmError
 from .models.facemodel import PART_CELEBA_IDS, PART_NAMES
 
 #: The seven parts the Part IoU benchmark averages (skin is left out, as in the paper).
@@ -24,3 +28,25 @@ def part_iou(pred: np.ndarray, truth: np.ndarray, parts=PART_NAMES) -> dict[str,
 def landmark_nme(pred: np.ndarray, truth: np.ndarray) -> float:
     """Mean 68-point error over the outer-eye-corner distance (points 36 and 45)."""
     return float(np.linalg.norm(pred - truth, axis=1).mean() / np.linalg.norm(truth[36] - truth[45]))
+
+
+def mean_part_iou(pipeline, pairs: list, progress: Callable[[int, int, str], None] | None = None) -> dict[str, float]:
+    """Fit each (image, mask) pair with ``pipeline`` and average the part IoU of the visible fitted parts
+    against the human mask (left/right by image position): per part of IOU_PARTS, and 'mean' over them.
+    Photos that fail (no face) are skipped."""
+    from .outputs import fitted_labels
+    from .pipeline import load_image
+
+    rows = []
+    for i, (image_path, mask_path) in enumerate(pairs):
+        try:
+            out = pipeline.fit(load_image(image_path))
+            truth = fix_left_right(read_mask(mask_path))
+        except Fit3dmmError:
+            continue
+        rows.append(part_iou(fitted_labels(out), truth, IOU_PARTS))
+        if progress is not None:
+            progress(i + 1, len(pairs), str(image_path))
+    scores = {name: float(np.nanmean([r[name] for r in rows])) for name in IOU_PARTS}
+    scores["mean"] = float(np.mean(list(scores.values())))
+    return scores

@@ -80,6 +80,12 @@ def fitted_label_map(output: FitOutput, tri: np.ndarray, bary: np.ndarray) -> np
     return labels
 
 
+def fitted_labels(output: FitOutput) -> np.ndarray:
+    """(H, W) uint8 label map of the visible fitted parts at the photo's resolution."""
+    tri, bary, _ = render_photo(output)
+    return fitted_label_map(output, tri, bary)
+
+
 def shaded_overlay(output: FitOutput, tri: np.ndarray, bary: np.ndarray, normals: np.ndarray) -> np.ndarray:
     """The fitted surface shaded grey by a light at the camera, blended onto the photo (RGB uint8)."""
     model = output.fitter.model

@@ -13,6 +13,7 @@ import torch
 from .config import FitConfig
 from .errors import InputError, ModelError, NoFaceError
 from .fitting import FitResult, Fitter, ProgressCallback
+from .losses import REGISTRY
 from .models import FaceModel, load_model, resolve_model
 from .perception.detector import Detection, FaceDetector
 from .perception.landmarks import FaceMeshPredictor, to_ibug68
@@ -73,9 +74,10 @@ class Pipeline:
         if model is None:
             model = FaceModel(load_model(resolve_model(config.model)))
         self.model = model.to(self.device)
-        needs_parts = any(name == "prdl" for stage in config.stages for name, _ in stage.losses)
-        if needs_parts and not self.model.data.has_parts:
-            raise ModelError(f"model '{self.model.name}' has no part annotation, which --loss {config.loss} needs")
+        for stage in config.stages:
+            for name, _ in stage.losses:
+                if name in REGISTRY and REGISTRY[name].needs_parts and not self.model.data.has_parts:
+                    raise ModelError(f"model '{self.model.name}' has no part annotation, which loss '{name}' needs")
         self.detector = FaceDetector()
         self.mesh_predictor = FaceMeshPredictor()
         self.segmenter = make_segmenter(config.segmenter)

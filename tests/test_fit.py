@@ -6,7 +6,7 @@ import pytest
 from fit3dmm.config import FitConfig
 from fit3dmm.datasets import fix_left_right, read_mask, read_pts
 from fit3dmm.metrics import IOU_PARTS, landmark_nme, part_iou
-from fit3dmm.outputs import fitted_label_map, render_photo
+from fit3dmm.outputs import fitted_labels
 from fit3dmm.pipeline import Pipeline, load_image
 
 #: Photos with hand-placed landmarks. breakingbad (strong head turn) and einstein (an 84-pixel face)
@@ -46,8 +46,7 @@ def test_prdl_moves_fitted_parts_towards_target(ict_model, shared_dir):
     scores = {}
     for loss in ("none", "prdl"):
         out = Pipeline(FitConfig.create(loss=loss), ict_model).fit(image)
-        tri, bary, _ = render_photo(out)
-        fitted = fitted_label_map(out, tri, bary)
+        fitted = fitted_labels(out)
         to_target = np.nanmean(list(part_iou(fitted, out.observation.labels, IOU_PARTS).values()))
         to_human = np.nanmean(list(part_iou(fitted, human, IOU_PARTS).values()))
         scores[loss] = (to_target, to_human)

@@ -35,10 +35,12 @@ class Frame:
 
 class Loss(ABC):
     """A term of the objective. Constructed once per image (precompute target-side data there), then
-    called once per iteration. Set ``needs_raster`` if the loss reads normals, frags or visibility."""
+    called once per iteration. Set ``needs_raster`` if the loss reads normals, frags or visibility, and
+    ``needs_parts`` if it needs the model's part annotation."""
 
     name: ClassVar[str]
     needs_raster: ClassVar[bool] = False
+    needs_parts: ClassVar[bool] = False
 
     def __init__(self, model: "FaceModel", target: "FitTarget"):
         self.model = model

@@ -64,6 +64,7 @@ class PRDL(Loss):
 
     name = "prdl"
     needs_raster = True
+    needs_parts = True
 
     def __init__(self, model, target, grid: int | None = None, part_weights: dict[str, float] | None = None):
         super().__init__(model, target)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from .base import Frame, Loss, register
 
 # Relative weights of the coefficient groups, as in Deep3DFaceRecon/3DDFA-V3 (identity 1, expression 0.8,

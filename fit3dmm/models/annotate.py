@@ -17,8 +17,7 @@ import torch
 from ..config import FitConfig
 from ..datasets import fix_left_right, read_mask
 from ..errors import Fit3dmmError
-from ..metrics import IOU_PARTS, part_iou
-from ..outputs import fitted_label_map, render_photo
+from ..metrics import mean_part_iou
 from ..pipeline import Pipeline, load_image
 from ..sampling import farthest_point_sampling
 from .facemodel import PART_CELEBA_IDS, PART_NAMES, FaceModel, ModelData, with_parts
@@ -113,18 +112,4 @@ def score_annotation(
 ) -> dict[str, float]:
     """Mean part IoU (per part, and 'mean' over the seven parts) between landmark-only fits rendered with
     the model's annotation and the human masks; photos that fail are skipped."""
-    pipeline = Pipeline(landmark_only_config(config or FitConfig()), model)
-    rows = []
-    for i, (image_path, mask_path) in enumerate(pairs):
-        try:
-            out = pipeline.fit(load_image(image_path))
-            truth = fix_left_right(read_mask(mask_path))
-        except Fit3dmmError:
-            continue
-        tri, bary, _ = render_photo(out)
-        rows.append(part_iou(fitted_label_map(out, tri, bary), truth, IOU_PARTS))
-        if progress is not None:
-            progress(i + 1, len(pairs), str(image_path))
-    scores = {name: float(np.nanmean([r[name] for r in rows])) for name in IOU_PARTS}
-    scores["mean"] = float(np.mean(list(scores.values())))
-    return scores
+    return mean_part_iou(Pipeline(landmark_only_config(config or FitConfig()), model), pairs, progress)
