@@ -57,14 +57,16 @@ class CropTransform:
 class FitTarget:
     """Per-image tensors the losses compare against, all in crop pixels.
 
-    image (S, S, 3) float in [0, 1]; landmarks68 (68, 2); part_masks: part name -> (S, S) bool after the
-    paper's preprocessing (skin without the forehead above the brow line); occluded (S, S) bool where hair,
+    image (S, S, 3) float in [0, 1]; landmarks68 (68, 2); labels (S, S) uint8 numpy, the CelebAMask-HQ
+    label map after the paper's preprocessing (:func:`preprocess_labels`, forehead skin cut; shown in
+    parts.png); part_masks: part name -> (S, S) bool, one per part of that map; occluded (S, S) bool where hair,
     glasses or a hat hide the face; face_mask (S, S) bool, the face pixels the photometric loss compares;
     brow_line: (a, b, c) with a·x + b·y + c > 0 above the brows (forehead side), or None.
     """
 
     image: Tensor
     landmarks68: Tensor
+    labels: np.ndarray
     part_masks: dict[str, Tensor]
     occluded: Tensor
     face_mask: Tensor
@@ -122,32 +124,63 @@ def brow_tangent_line(labels: np.ndarray, toward: np.ndarray) -> tuple[float, fl
     return None if best is None else best[1]
 
 
+#: Ears are cut from the target (the paper's preprocessing): face models have none or poorly fitting ones.
+EAR_IDS = (8, 9)
+#: A part's connected pieces smaller than this fraction of its largest piece are dropped.
+MIN_BLOB_FRACTION = 0.1
+
+
+def drop_small_blobs(labels: np.ndarray, ids=PART_CELEBA_IDS, min_fraction: float = MIN_BLOB_FRACTION) -> np.ndarray:
+    """Set to background each isolated piece of a part (8-connected) below ``min_fraction`` of the
+    part's largest piece: stray pixels far from the part would pull PRDL's farthest/mean statistics."""
+    out = labels.copy()
+    for label in ids:
+        n, comp, stats, _ = cv2.connectedComponentsWithStats((labels == label).astype(np.uint8), connectivity=8)
+        if n <= 2:
+            continue
+        areas = stats[1:, cv2.CC_STAT_AREA]
+        small = np.nonzero(areas < min_fraction * areas.max())[0] + 1
+        out[np.isin(comp, small)] = 0
+    return out
+
+
+def preprocess_labels(labels: np.ndarray, toward: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float] | None]:
+    """The paper's PRDL target preprocessing on a label map: ears removed, small isolated blobs dropped
+    per part, and the line tangent to both brows found (the forehead above it is cut from the skin).
+    Occluders (hair, glasses, hat) stay labelled: the model points under them are dropped.
+    ``toward`` is a point below the brows (the nose). Returns (labels, brow line or None)."""
+    labels = np.where(np.isin(labels, EAR_IDS), 0, labels).astype(np.uint8)
+    labels = drop_small_blobs(labels)
+    return labels, brow_tangent_line(labels, toward)
+
+
+def above_line(line: tuple[float, float, float] | None, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool: pixels on the forehead side of a brow line (none without a line)."""
+    if line is None:
+        return np.zeros(shape, bool)
+    a, b, c = line
+    ys, xs = np.mgrid[: shape[0], : shape[1]]
+    return (a * xs + b * ys + c) > 0
+
+
 def make_target(
     image: np.ndarray, labels: np.ndarray, landmarks68: np.ndarray, crop: CropTransform, device: torch.device
 ) -> FitTarget:
     """Build the fit target from a photo (H, W, 3) uint8 RGB, its label map (H, W) uint8 in CelebAMask-HQ
     ids, and its 68 landmarks (68, 2) in photo pixels."""
-    crop_labels = crop.warp(labels, nearest=True)
-    crop_image = crop.warp(image)
     lmk = crop.to_crop(landmarks68)
-    nose = lmk[30]
-    brow_line = brow_tangent_line(crop_labels, nose)
-    masks = {}
-    for name, label in zip(PART_NAMES, PART_CELEBA_IDS):
-        m = crop_labels == label
-        if name == "skin" and brow_line is not None:
-            a, b, c = brow_line
-            ys, xs = np.mgrid[: crop.size, : crop.size]
-            m &= (a * xs + b * ys + c) <= 0
-        masks[name] = torch.from_numpy(m).to(device)
-    occluded = np.isin(crop_labels, OCCLUDER_IDS)
-    face = np.isin(crop_labels, PART_CELEBA_IDS)
+    crop_labels, brow_line = preprocess_labels(crop.warp(labels, nearest=True), toward=lmk[30])
+    face = np.isin(crop_labels, PART_CELEBA_IDS)  # the photometric loss keeps the forehead
+    forehead = above_line(brow_line, crop_labels.shape) & (crop_labels == 1)
+    crop_labels[forehead] = 0
+    masks = {name: torch.from_numpy(crop_labels == label).to(device) for name, label in zip(PART_NAMES, PART_CELEBA_IDS)}
     to = lambda a, dt=None: torch.as_tensor(a, dtype=dt, device=device)  # noqa: E731
     return FitTarget(
-        image=to(crop_image, torch.float32) / 255.0,
+        image=to(crop.warp(image), torch.float32) / 255.0,
         landmarks68=to(lmk, torch.float32),
+        labels=crop_labels,
         part_masks=masks,
-        occluded=to(occluded),
+        occluded=to(np.isin(crop_labels, OCCLUDER_IDS)),
         face_mask=to(face),
         brow_line=brow_line,
         crop=crop,

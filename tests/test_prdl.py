@@ -7,7 +7,7 @@ import torch
 from fit3dmm.losses import Frame
 from fit3dmm.losses.prdl import PRDL, anchor_grid, descriptors, mask_points
 from fit3dmm.models.facemodel import PART_NAMES
-from fit3dmm.target import CropTransform, FitTarget, brow_tangent_line
+from fit3dmm.target import CropTransform, FitTarget, brow_tangent_line, make_target
 
 
 def test_descriptors_match_direct_computation():
@@ -44,7 +44,8 @@ def _toy(size=32, empty=("left_eyebrow",)):
         ids[name] = torch.arange(len(verts), len(verts) + len(pts))
         verts.extend(pts.tolist())
     zeros = torch.zeros(size, size, dtype=torch.bool)
-    target = FitTarget(image=torch.zeros(size, size, 3), landmarks68=torch.zeros(68, 2), part_masks=masks,
+    target = FitTarget(image=torch.zeros(size, size, 3), landmarks68=torch.zeros(68, 2),
+                       labels=np.zeros((size, size), np.uint8), part_masks=masks,
                        occluded=zeros, face_mask=zeros, brow_line=None, crop=CropTransform(1.0, (0.0, 0.0), size))
     screen = torch.cat([torch.tensor(verts), torch.ones(len(verts), 1)], 1).requires_grad_(True)
     frame = Frame(vertices=screen, screen=screen, rotation=torch.eye(3), params={},
@@ -134,3 +135,23 @@ def test_batched_loss_equals_per_part_descriptors():
     expected.backward()
     assert value.item() == pytest.approx(expected.item(), rel=1e-5)
     assert torch.allclose(grad, moved.grad, atol=1e-5)
+
+
+def test_target_preprocessing_cuts_forehead_ears_and_stray_blobs():
+    """A synthetic face: skin with level brows whose tops are at row 40, ears, and a stray nose blob."""
+    labels = np.zeros((100, 100), np.uint8)
+    labels[10:95, 15:85] = 1  # skin, forehead included
+    labels[40:45, 25:45] = 7  # brows: tops at row 40
+    labels[40:45, 55:75] = 6
+    labels[50:70, 45:55] = 2  # nose
+    labels[20:22, 80:82] = 2  # a stray 4-pixel nose blob
+    labels[45:65, 5:15] = 8  # an ear
+    crop = CropTransform(1.0, (0.0, 0.0), 100)
+    target = make_target(np.zeros((100, 100, 3), np.uint8), labels, np.full((68, 2), 60.0), crop, torch.device("cpu"))
+    skin = target.part_masks["skin"].numpy()
+    assert not skin[:40].any()  # the forehead above the brow line is cut...
+    assert skin[46:95, 15:85].sum() == (target.labels[46:95, 15:85] == 1).sum() > 0  # ...the face below kept
+    assert not (target.labels == 8).any()  # ears removed
+    nose = target.part_masks["nose"].numpy()
+    assert not nose[20:22, 80:82].any() and nose[50:70, 45:55].all()  # the stray blob dropped, the nose kept
+    assert target.face_mask[20, 50]  # the photometric loss still sees the forehead
