@@ -1,8 +1,8 @@
 """`make bench`: speed and accuracy on the shared photos (medians of several runs).
 
-Run as ``python -m fit3dmm.bench [--photos N] [--iou N]``; reads ``$FIT3DMM_SHARED`` (default ../shared).
-Targets (2-core CPU, default settings): full fit <= 10 s, PRDL forward+backward <= 10 ms,
-rasterization at 224² <= 10 ms.
+Run as ``python -m fit3dmm.bench [--photos N] [--iou N] [--seg N]``; reads ``$FIT3DMM_SHARED`` (default
+../shared). Targets (2-core CPU, default settings): full fit <= 10 s, PRDL forward+backward <= 10 ms,
+rasterization at 224² <= 10 ms, face parser <= 150 ms per face.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ from .losses import make_loss  # noqa: E402
 from .metrics import IOU_PARTS, landmark_nme, mean_part_iou  # noqa: E402
 from .models import FaceModel  # noqa: E402
 from .models.ict import import_ict  # noqa: E402
+from .parser.inference import FaceParser  # noqa: E402
+from .parser.train import locate_faces, score  # noqa: E402
+from .perception.segmentation import LandmarkPolygonSegmenter  # noqa: E402
 from .pipeline import Pipeline, load_image  # noqa: E402
 from .render import rasterize  # noqa: E402
 
@@ -46,7 +49,8 @@ def median_ms(fn, runs: int = 30) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--photos", type=int, default=5, help="photos from shared/data/photos to time full fits on")
-    parser.add_argument("--iou", type=int, default=20, help="validation photos for the part IoU with/without PRDL")
+    parser.add_argument("--iou", type=int, default=20, help="validation photos for the fit's part IoU per segmenter and loss")
+    parser.add_argument("--seg", type=int, default=0, help="validation photos for the segmenters' part IoU (0 = all)")
     args = parser.parse_args()
     shared = Path(os.environ.get("FIT3DMM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
     console = Console()
@@ -85,6 +89,25 @@ def main() -> None:
         f"PRDL forward+backward: {prdl_ms:.2f} ms   geometry+raster+visibility per iteration: {frame_ms:.2f} ms"
     )
 
+    # The parser per face, end to end (crop, network, labels back in the photo), on the timed photos.
+    face_parser = FaceParser.load(device=pipeline.device)
+    observed = [pipeline.observe(load_image(photo)) for photo in photos]
+    parse_ms = statistics.median(
+        median_ms(lambda o=o: face_parser.segment(o.image, o.mesh), runs=10) for o in observed
+    )
+    console.print(f"face parser, one face end to end: median {parse_ms:.1f} ms over {len(observed)} photos")
+
+    root = shared / "data" / "celebamask-hq"
+    faces = locate_faces(root, "val", args.seg)
+    table = Table(title=f"segmentation part IoU against human masks, {len(faces)} validation photos")
+    table.add_column("part")
+    seg_scores = {"parser": score(face_parser, faces), "landmarks": score(LandmarkPolygonSegmenter(), faces)}
+    for name in seg_scores:
+        table.add_column(f"--segmenter {name}", justify="right")
+    for part in (*IOU_PARTS, "mean"):
+        table.add_row(part, *(f"{s[part]:.3f}" for s in seg_scores.values()))
+    console.print(table)
+
     nmes = {}
     for name in LANDMARK_PHOTOS:
         image = next((shared / "data" / "landmarks-68").glob(f"{name}.*[gp]"))
@@ -101,13 +124,13 @@ def main() -> None:
     console.print(table)
 
     if args.iou:
-        root = shared / "data" / "celebamask-hq"
         pairs = [p for p in image_mask_pairs(root / "images", root / "masks") if split_of(p[0].stem) == "val"][: args.iou]
-        scores = {loss: mean_part_iou(Pipeline(FitConfig.create(loss=loss), model), pairs) for loss in ("none", "prdl")}
-        table = Table(title=f"part IoU of the fit against human masks, {len(pairs)} validation photos (landmarks segmenter)")
+        settings = [(seg, loss) for seg in ("landmarks", "parser") for loss in ("none", "prdl")]
+        scores = {s: mean_part_iou(Pipeline(FitConfig.create(loss=s[1], segmenter=s[0]), model), pairs) for s in settings}
+        table = Table(title=f"part IoU of the fit (fitted_labels.png) against human masks, {len(pairs)} validation photos")
         table.add_column("part")
-        for loss in scores:
-            table.add_column(f"--loss {loss}", justify="right")
+        for seg, loss in scores:
+            table.add_column(f"{seg}\n--loss {loss}", justify="right")
         for part in (*IOU_PARTS, "mean"):
             table.add_row(part, *(f"{s[part]:.3f}" for s in scores.values()))
         console.print(table)

@@ -51,7 +51,7 @@ def main() -> None:
               help="Segmentation loss of the final stage; 'none' for landmark + photometric only.")
 @click.option("--seg-weight", type=float, default=PRDL_WEIGHT, show_default=True, help="Weight of the segmentation loss.")
 @click.option("--model", default="ict", show_default=True, help="Installed model name or path to a model .npz.")
-@click.option("--segmenter", type=click.Choice(sorted(SEGMENTERS)), default="landmarks", show_default=True,
+@click.option("--segmenter", type=click.Choice(sorted(SEGMENTERS)), default="parser", show_default=True,
               help="Part segmenter for the segmentation loss's target.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--face", "face_index", default=0, show_default=True, help="Which face, by size (0 = largest).")
@@ -72,39 +72,48 @@ def fit(inputs, out, loss, seg_weight, model, segmenter, device, face_index, ite
         pipeline = Pipeline(config)
     except (Fit3dmmError, ValueError) as e:
         _fail(str(e))
+
+    def process(path, target_dir, bar):
+        stage_task = bar.add_task("", total=1, info="")
+
+        def on_progress(p):
+            bar.update(stage_task, description=f"{path.name}: {p.stage} ({p.stage_index + 1}/{p.n_stages})",
+                       completed=p.iteration, total=p.iterations,
+                       info=" ".join(f"{k}={v:.3g}" for k, v in p.losses.items()))
+
+        try:
+            write_result(pipeline.fit(load_image(path), on_progress), target_dir, str(path), overwrite=overwrite)
+        finally:
+            bar.remove_task(stage_task)
+
+    _batch("fit", images, out, overwrite, process)
+
+
+def _batch(command: str, images: list[Path], out: Path, overwrite: bool, process) -> None:
+    """Run ``process(path, OUT/<stem>, progress bar)`` on each image: a failure is reported in one line
+    and the batch goes on; a summary table at the end; exit status 1 if any image failed."""
     failed: list[tuple[Path, str]] = []
     done: list[tuple[Path, float]] = []
     stems: set[str] = set()
     with _progress() as bar:
         overall = bar.add_task("images", total=len(images), info="")
-        stage_task = bar.add_task("", total=1, info="")
         for path in images:
             target_dir = out / path.stem
+            t0 = time.perf_counter()
             if path.stem in stems:
                 failed.append((path, f"another input already wrote {target_dir}"))
-                bar.advance(overall)
-                continue
-            stems.add(path.stem)
-            if target_dir.exists() and not overwrite:
+            elif target_dir.exists() and not overwrite:
                 failed.append((path, f"{target_dir} exists (use --overwrite)"))
-                bar.advance(overall)
-                continue
-
-            def on_progress(p, path=path):
-                bar.update(stage_task, description=f"{path.name}: {p.stage} ({p.stage_index + 1}/{p.n_stages})",
-                           completed=p.iteration, total=p.iterations,
-                           info=" ".join(f"{k}={v:.3g}" for k, v in p.losses.items()))
-
-            t0 = time.perf_counter()
-            try:
-                result = pipeline.fit(load_image(path), on_progress)
-                write_result(result, target_dir, str(path), overwrite=overwrite)
-                done.append((path, time.perf_counter() - t0))
-            except (Fit3dmmError, OSError) as e:
-                failed.append((path, str(e)))
-                console.print(f"[red]failed[/red] {path}: {e}")
+            else:
+                stems.add(path.stem)
+                try:
+                    process(path, target_dir, bar)
+                    done.append((path, time.perf_counter() - t0))
+                except (Fit3dmmError, OSError) as e:
+                    failed.append((path, str(e)))
+                    console.print(f"[red]failed[/red] {path}: {e}")
             bar.advance(overall)
-    table = Table(title=f"fit3dmm fit: {len(done)} done, {len(failed)} failed")
+    table = Table(title=f"fit3dmm {command}: {len(done)} done, {len(failed)} failed")
     table.add_column("image")
     table.add_column("result")
     for path, seconds in done:
@@ -114,6 +123,33 @@ def fit(inputs, out, loss, seg_weight, model, segmenter, device, face_index, ite
     console.print(table)
     if failed:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output folder; one subfolder per image.")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Parser weights (default: the shipped ones).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--overwrite", is_flag=True, help="Replace existing result folders.")
+def parse(inputs, out, weights, device, overwrite) -> None:
+    """Segment the face parts of each INPUT (an image, or a folder of images): OUT/<stem>/labels.png
+    (CelebAMask-HQ ids) and overlay.png. Every face in a photo is parsed."""
+    from .outputs import write_parse_result
+    from .pipeline import ParsePipeline, collect_images, load_image
+
+    images = collect_images(list(inputs))
+    if not images:
+        _fail("no images found in the inputs")
+    try:
+        pipeline = ParsePipeline(device=device, weights=weights)
+    except Fit3dmmError as e:
+        _fail(str(e))
+
+    def process(path, target_dir, bar):
+        image = load_image(path)
+        write_parse_result(image, pipeline.parse(image), target_dir, overwrite=overwrite)
+
+    _batch("parse", images, out, overwrite, process)
 
 
 @main.group()
@@ -204,3 +240,54 @@ def annotate_cmd(model_name, images, masks, limit, check, export) -> None:
             table.add_row(name, f"{value:.3f}")
         Console().print(table)
     console.print(f"saved the annotation into {path}")
+
+
+@main.group()
+def parser() -> None:
+    """Train the learned face parser (the default segmenter)."""
+
+
+@parser.command("train")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder with images/ and masks/ (CelebAMask-HQ ids); its 'val' split is held out.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Weights file to write.")
+@click.option("--epochs", default=40, show_default=True)
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--lr", default=3e-3, show_default=True)
+@click.option("--no-prior", is_flag=True, help="Leave out the landmark-polygon input channels.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--limit", default=0, show_default=True, help="Train on only this many photos (0 = all).")
+@click.option("--val-limit", default=0, show_default=True, help="Score on only this many validation photos (0 = all).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--resume", is_flag=True, help="Continue from OUTPUT.ckpt (same settings).")
+def parser_train_cmd(data, out, epochs, batch_size, lr, no_prior, seed, limit, val_limit, device, resume) -> None:
+    """Train the face parser on DATA and write its weights (plus OUTPUT.ckpt and OUTPUT.log.jsonl)."""
+    from .metrics import IOU_PARTS
+    from .parser.train import TrainConfig, train
+    from .pipeline import resolve_device
+
+    try:
+        config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, prior=not no_prior, seed=seed,
+                             limit=limit, val_limit=val_limit, device=str(resolve_device(device)))
+    except Fit3dmmError as e:
+        _fail(str(e))
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def on_epoch(record):
+        val = record["val_iou"]
+        parts = " ".join(f"{name}={val[name]:.3f}" for name in IOU_PARTS)
+        console.print(f"epoch {record['epoch']:3d}  loss {record['loss']:.4f}  val IoU {val['mean']:.4f}  ({parts})  {record['seconds']:.0f} s")
+
+    with _progress() as bar:
+        tasks = {}
+
+        def on_stage(name, i, n):
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=n, info="")
+            bar.update(tasks[name], completed=i)
+
+        try:
+            record = train(data, out, config, resume=resume, on_epoch=on_epoch, on_stage=on_stage)
+        except Fit3dmmError as e:
+            _fail(str(e))
+    console.print(f"wrote {out} (validation IoU {record['val_iou']['mean']:.4f})")

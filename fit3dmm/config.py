@@ -71,7 +71,7 @@ class FitConfig:
 
     model: str = "ict"
     loss: str = "prdl"
-    segmenter: str = "landmarks"
+    segmenter: str = "parser"
     device: str = "auto"
     crop_size: int = 224
     crop_margin: float = 1.7  # crop side / larger side of the landmarks' bounding box

@@ -15,6 +15,12 @@ from PIL import Image
 
 from .errors import InputError
 
+#: CelebAMask-HQ label ids -> names (l_ = the subject's left).
+LABEL_NAMES = {
+    0: "background", 1: "skin", 2: "nose", 3: "eyeglasses", 4: "l_eye", 5: "r_eye", 6: "l_brow", 7: "r_brow",
+    8: "l_ear", 9: "r_ear", 10: "mouth", 11: "u_lip", 12: "l_lip", 13: "hair", 14: "hat", 15: "earring",
+    16: "necklace", 17: "neck", 18: "cloth",
+}
 #: (subject's left id, subject's right id) pairs whose sides are decided by position.
 SIDED_PAIRS = ((4, 5), (6, 7), (8, 9))
 

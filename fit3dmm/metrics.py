@@ -47,6 +47,12 @@ def mean_part_iou(pipeline, pairs: list, progress: Callable[[int, int, str], Non
         rows.append(part_iou(fitted_labels(out), truth, IOU_PARTS))
         if progress is not None:
             progress(i + 1, len(pairs), str(image_path))
+    return average_iou(rows)
+
+
+def average_iou(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Per-image part IoU rows -> the mean per part of IOU_PARTS over images where the part occurs, and
+    'mean', the mean of those."""
     scores = {name: float(np.nanmean([r[name] for r in rows])) for name in IOU_PARTS}
     scores["mean"] = float(np.mean(list(scores.values())))
     return scores

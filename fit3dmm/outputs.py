@@ -11,6 +11,7 @@ import os
 import platform
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -20,6 +21,7 @@ import trimesh
 
 from . import __version__
 from .appearance import vertex_albedo
+from .datasets import LABEL_NAMES
 from .models.facemodel import PART_CELEBA_IDS, PART_NAMES
 from .pipeline import FitOutput
 from .render import rasterize, vertex_normals
@@ -29,6 +31,8 @@ from .target import CropTransform
 PART_COLOURS = {
     1: (230, 180, 140), 2: (255, 120, 0), 4: (0, 200, 255), 5: (0, 90, 255), 6: (150, 255, 0),
     7: (0, 160, 60), 10: (90, 0, 90), 11: (255, 0, 110), 12: (200, 0, 255), 13: (120, 80, 40),
+    3: (60, 60, 60), 14: (120, 80, 40),  # occluders: glasses, hat (as hair)
+    8: (255, 255, 0), 9: (200, 200, 0), 17: (80, 160, 160),  # ears, neck (parse overlays)
 }
 OVERLAY_ALPHA = 0.75
 
@@ -110,12 +114,14 @@ def _colourize(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def parts_panel(output: FitOutput, fitted: np.ndarray, panel: int = 512) -> np.ndarray:
-    """Target parts (left, with the forehead cut line) and fitted parts (right) on the face crop."""
+    """PRDL's target after preprocessing (left: parts, occluders, the brow line above which the forehead
+    is cut; ears and stray blobs removed) and the fitted parts (right), on the face crop."""
     crop = output.target.crop
     scale = panel / crop.size
     view = CropTransform(crop.scale * scale, (crop.offset[0] * scale, crop.offset[1] * scale), panel)
     image = view.warp(output.observation.image)
-    left = _colourize(image, view.warp(output.observation.labels, nearest=True))
+    target = cv2.resize(output.target.labels, (panel, panel), interpolation=cv2.INTER_NEAREST)
+    left = _colourize(image, target)
     right = _colourize(image, view.warp(fitted, nearest=True))
     if output.target.brow_line is not None:
         a, b, c = output.target.brow_line
@@ -171,6 +177,46 @@ def params_document(output: FitOutput, source: str) -> dict:
     }
 
 
+def legend(labels: np.ndarray, height: int) -> np.ndarray:
+    """A (height, 160, 3) panel naming the colours of the ids present in ``labels``."""
+    out = np.full((height, 160, 3), 255, np.uint8)
+    present = [i for i in sorted(PART_COLOURS) if (labels == i).any()]
+    for k, label in enumerate(present):
+        y = 12 + 24 * k
+        cv2.rectangle(out, (10, y), (30, y + 16), PART_COLOURS[label], -1)
+        cv2.putText(out, LABEL_NAMES[label], (38, y + 13), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    return out
+
+
+def write_parse_result(image: np.ndarray, labels: np.ndarray, folder: str | os.PathLike, overwrite: bool = False) -> Path:
+    """``folder``/labels.png (uint8 CelebAMask-HQ ids, photo size) and overlay.png (the photo with
+    coloured parts and a legend), written atomically."""
+    with _atomic_folder(folder, overwrite) as tmp:
+        _write_png(tmp / "labels.png", labels)
+        overlay = _colourize(image, labels)
+        _write_png(tmp / "overlay.png", np.concatenate([overlay, legend(labels, overlay.shape[0])], axis=1))
+    return Path(folder)
+
+
+@contextmanager
+def _atomic_folder(folder: str | os.PathLike, overwrite: bool):
+    """Yields a temporary sibling of ``folder`` that replaces it on success and is removed on failure.
+    Raises FileExistsError if the folder exists and ``overwrite`` is False."""
+    folder = Path(folder)
+    if folder.exists() and not overwrite:
+        raise FileExistsError(f"{folder} exists (use --overwrite to replace it)")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        yield tmp
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _write_png(path: Path, rgb_or_labels: np.ndarray) -> None:
     img = rgb_or_labels if rgb_or_labels.ndim == 2 else cv2.cvtColor(rgb_or_labels, cv2.COLOR_RGB2BGR)
     if not cv2.imwrite(str(path), img):
@@ -180,12 +226,7 @@ def _write_png(path: Path, rgb_or_labels: np.ndarray) -> None:
 def write_result(output: FitOutput, folder: str | os.PathLike, source: str, overwrite: bool = False) -> Path:
     """Write all output files of one fit into ``folder``, atomically. Raises FileExistsError if the
     folder exists and ``overwrite`` is False."""
-    folder = Path(folder)
-    if folder.exists() and not overwrite:
-        raise FileExistsError(f"{folder} exists (use --overwrite to replace it)")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with _atomic_folder(folder, overwrite) as tmp:
         tri, bary, normals = render_photo(output)
         fitted = fitted_label_map(output, tri, bary)
         mesh = mesh_files(output)
@@ -202,10 +243,4 @@ def write_result(output: FitOutput, folder: str | os.PathLike, source: str, over
         }
         (tmp / "landmarks.json").write_text(json.dumps(landmarks))
         (tmp / "params.json").write_text(json.dumps(params_document(output, source), indent=1))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+    return Path(folder)

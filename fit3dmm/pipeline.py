@@ -15,6 +15,7 @@ from .errors import InputError, ModelError, NoFaceError
 from .fitting import FitResult, Fitter, ProgressCallback
 from .losses import REGISTRY
 from .models import FaceModel, load_model, resolve_model
+from .parser.inference import FaceParser
 from .perception.detector import Detection, FaceDetector
 from .perception.landmarks import FaceMeshPredictor, to_ibug68
 from .perception.segmentation import make_segmenter
@@ -80,7 +81,7 @@ class Pipeline:
                     raise ModelError(f"model '{self.model.name}' has no part annotation, which loss '{name}' needs")
         self.detector = FaceDetector()
         self.mesh_predictor = FaceMeshPredictor()
-        self.segmenter = make_segmenter(config.segmenter)
+        self.segmenter = make_segmenter(config.segmenter, self.device)
         self.fitter = Fitter(self.model, config)
 
     def observe(self, image: np.ndarray) -> Observation:
@@ -107,6 +108,28 @@ class Pipeline:
         t3 = time.perf_counter()
         timings = {"perception": t1 - t0, "target": t2 - t1, **result.timings, "fit": t3 - t2, "total": t3 - t0}
         return FitOutput(observation=obs, target=target, result=result, fitter=self.fitter, timings=timings)
+
+
+class ParsePipeline:
+    """Face parsing of whole photos: every detected face, parsed in one batch."""
+
+    def __init__(self, device: str = "auto", weights: str | Path | None = None):
+        self.detector = FaceDetector()
+        self.mesh_predictor = FaceMeshPredictor()
+        self.parser = FaceParser.load(weights, device=resolve_device(device))
+
+    def parse(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 RGB -> (H, W) uint8 CelebAMask-HQ ids. Raises NoFaceError without a face."""
+        faces = self.detector.detect(image)
+        meshes = []
+        for detection in faces:
+            try:
+                meshes.append(self.mesh_predictor.predict(image, detection))
+            except NoFaceError:  # a detection the mesh model rejects
+                continue
+        if not meshes:
+            raise NoFaceError("no face found")
+        return self.parser.segment_faces(image, meshes)
 
 
 def collect_images(inputs: list[str | Path]) -> list[Path]:

@@ -76,6 +76,7 @@ def test_existing_result_needs_overwrite(batch, shared_dir):
         (["fit", "X", "-o", "O", "--loss", "nosuchloss"], "Invalid value for '--loss'"),
         (["fit", "missing.jpg", "-o", "O"], "no such file"),
         (["model", "import-ict", "."], "lacks generic_neutral_mesh.obj"),
+        (["parse", "X", "-o", "O", "--weights", "vertex_indices.json"], "cannot read parser weights"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, message, tmp_path, monkeypatch, shared_dir):

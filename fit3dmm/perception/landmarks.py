@@ -37,7 +37,8 @@ def _mirror_permutation() -> np.ndarray:
     return perm
 
 
-_MIRROR = _mirror_permutation()
+#: mesh[MIRROR_PERMUTATION] relabels a mirrored face's mesh (left and right ids swapped).
+MIRROR_PERMUTATION = _mirror_permutation()
 
 
 class FaceMeshPredictor:
@@ -105,7 +106,7 @@ class FaceMeshPredictor:
         raw, logit = self._infer(crop)
         # Mirrored crop: undo the flip (x -> size - x in continuous coords) and the left/right ids.
         raw_flip, _ = self._infer(np.ascontiguousarray(crop[:, ::-1]))
-        raw_flip = raw_flip[_MIRROR]
+        raw_flip = raw_flip[MIRROR_PERMUTATION]
         raw_flip[:, 0] = _INPUT_SIZE - raw_flip[:, 0]
         raw = (raw + raw_flip) / 2
         mesh = np.empty_like(raw)

@@ -1,8 +1,8 @@
 """Face part segmentation behind one interface; the fit's PRDL target comes from here.
 
 A segmenter maps a photo and its 468 face-mesh points to a label map in CelebAMask-HQ ids (1 skin,
-2 nose, 4/5 left/right eye, 6/7 left/right brow, 10 inner mouth, 11/12 upper/lower lip, 13 hair; left =
-the subject's). ``--segmenter NAME`` looks one up in :data:`SEGMENTERS`.
+2 nose, 3 glasses, 4/5 left/right eye, 6/7 left/right brow, 8/9 ears, 10 inner mouth, 11/12 upper/lower
+lip, 13 hair, 17 neck; left = the subject's). ``--segmenter NAME`` looks one up in :data:`SEGMENTERS`.
 """
 
 from __future__ import annotations
@@ -43,20 +43,34 @@ class LandmarkPolygonSegmenter:
     name = "landmarks"
 
     def segment(self, image: np.ndarray, mesh: np.ndarray) -> np.ndarray:
-        labels = np.zeros(image.shape[:2], dtype=np.uint8)
-        # cv2 polygons take integer vertices; 4 fractional bits keep sub-pixel placement.
-        shift = 4
-        for part, label in _POLYGON_LABELS:
-            poly = np.round(mesh[MESH_PARTS[part], :2] * (1 << shift)).astype(np.int32)
-            cv2.fillPoly(labels, [poly], int(label), lineType=cv2.LINE_8, shift=shift)
-        return labels
+        return draw_polygons(mesh, image.shape[:2])
 
 
-SEGMENTERS = {"landmarks": LandmarkPolygonSegmenter}
+def draw_polygons(mesh: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) uint8 CelebAMask-HQ ids: the parts' mesh polygons, for a (468, 2|3) mesh in pixels."""
+    labels = np.zeros(shape, dtype=np.uint8)
+    # cv2 polygons take integer vertices; 4 fractional bits keep sub-pixel placement.
+    shift = 4
+    for part, label in _POLYGON_LABELS:
+        poly = np.round(mesh[MESH_PARTS[part], :2] * (1 << shift)).astype(np.int32)
+        cv2.fillPoly(labels, [poly], int(label), lineType=cv2.LINE_8, shift=shift)
+    return labels
 
 
-def make_segmenter(name: str) -> Segmenter:
+def _learned(device):
+    from ..parser.inference import FaceParser  # the parser imports draw_polygons from here
+
+    return FaceParser.load(device=device)
+
+
+#: name -> factory(device). 'parser' (the default of ``fit``) is the learned face parser of
+#: :mod:`fit3dmm.parser`; 'landmarks' the polygon fallback.
+SEGMENTERS = {"parser": _learned, "landmarks": lambda device: LandmarkPolygonSegmenter()}
+
+
+def make_segmenter(name: str, device="cpu") -> Segmenter:
     try:
-        return SEGMENTERS[name]()
+        factory = SEGMENTERS[name]
     except KeyError:
         raise ValueError(f"unknown segmenter '{name}'; known: {', '.join(sorted(SEGMENTERS))}") from None
+    return factory(device)

@@ -1,0 +1,127 @@
+"""The learned face parser: alignment, augmentation, training end to end, and the shipped weights on a
+real photo."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from fit3dmm.cli import main
+from fit3dmm.datasets import fix_left_right, read_mask, split_of
+from fit3dmm.metrics import IOU_PARTS, part_iou
+from fit3dmm.parser.align import AlignedCrop
+from fit3dmm.parser.inference import FaceParser
+from fit3dmm.parser.network import CLASS_IDS
+from fit3dmm.parser.train import TrainConfig, locate_faces, train, training_sample
+from fit3dmm.perception.detector import FaceDetector
+from fit3dmm.perception.landmarks import FaceMeshPredictor
+from fit3dmm.perception.segmentation import LandmarkPolygonSegmenter
+from fit3dmm.pipeline import load_image
+
+VAL_PHOTO = "00f3cdb789584cd59706977dcb122a3f"  # in the validation split: the parser never trained on it
+#: Bound on the shipped parser's mean part IoU (7 parts) on VAL_PHOTO: it measured 0.81 there (validation
+#: median 0.79, 10th percentile 0.66), the landmark polygons 0.69. 0.75 leaves room for numerical
+#: differences between machines and still fails a parser that falls towards the polygons' level.
+MIN_PHOTO_IOU = 0.75
+
+
+@pytest.fixture(scope="module")
+def celeba(shared_dir):
+    return shared_dir / "data" / "celebamask-hq"
+
+
+@pytest.fixture(scope="module")
+def val_face(celeba):
+    image = load_image(celeba / "images" / f"{VAL_PHOTO}.jpg")
+    mesh = FaceMeshPredictor().predict(image, FaceDetector().detect(image)[0])
+    return image, fix_left_right(read_mask(celeba / "masks" / f"{VAL_PHOTO}.png")), mesh
+
+
+def test_val_photo_is_held_out():
+    assert split_of(VAL_PHOTO) == "val"
+
+
+def test_shipped_parser_on_a_real_photo(val_face):
+    image, truth, mesh = val_face
+    labels = FaceParser.load().segment(image, mesh)
+    assert labels.shape == truth.shape and labels.dtype == np.uint8
+    assert set(np.unique(labels)) <= set(CLASS_IDS)
+    parser_iou = np.nanmean(list(part_iou(labels, truth, IOU_PARTS).values()))
+    polygon_iou = np.nanmean(list(part_iou(LandmarkPolygonSegmenter().segment(image, mesh), truth, IOU_PARTS).values()))
+    assert parser_iou > MIN_PHOTO_IOU
+    assert parser_iou > polygon_iou + 0.05
+
+
+def test_alignment_round_trip_preserves_labels(val_face):
+    """Photo -> aligned crop (at twice the photo's resolution) -> photo keeps every label inside the crop."""
+    image, truth, mesh = val_face
+    crop = AlignedCrop.from_mesh(mesh, 256)
+    k = 2 * int(np.ceil(crop.photo_pixels_per_crop_pixel))
+    fine = crop.then(np.array([[k, 0, (k - 1) / 2], [0, k, (k - 1) / 2]]), size=256 * k)
+    back = fine.unwarp(fine.warp(truth, nearest=True), truth.shape)
+    inside = fine.unwarp(np.ones((256 * k, 256 * k), np.uint8), truth.shape) > 0
+    assert inside.mean() > 0.5  # the crop covers most of this portrait
+    assert (back[inside] == truth[inside]).mean() > 0.995
+    # The crop is level: the eyes' centres lie on one crop row.
+    eyes = [crop.to_crop(np.argwhere(truth == i)[:, ::-1].astype(float)).mean(0) for i in (4, 5)]
+    assert abs(eyes[0][1] - eyes[1][1]) < 3
+
+
+def test_augmented_samples_keep_left_and_right_by_position(celeba):
+    """Flipped samples swap the sided classes, so the subject's left eye and brow stay on the image's right."""
+    faces = locate_faces(celeba, "train", limit=3)
+    rng = np.random.default_rng(0)
+    config = TrainConfig()
+    for face in faces:
+        for _ in range(4):
+            image, prior, labels = training_sample(face, config, rng)
+            assert image.shape == (256, 256, 3) and labels.shape == (256, 256)
+            for left, right in ((4, 5), (6, 7)):  # network classes = CelebAMask-HQ ids here
+                xl, xr = np.nonzero(labels == left)[1], np.nonzero(labels == right)[1]
+                pl, pr = np.nonzero(prior == left)[1], np.nonzero(prior == right)[1]
+                assert xl.mean() > xr.mean() and pl.mean() > pr.mean()
+
+
+def test_training_runs_end_to_end_and_resumes_exactly(celeba, tmp_path):
+    """Two epochs of two steps on four photos; a run interrupted after its first epoch and resumed ends
+    with the same weights as the uninterrupted run."""
+    config = TrainConfig(epochs=2, batch_size=2, limit=4, val_limit=2)
+    whole = tmp_path / "whole.pt"
+    record = train(celeba, whole, config)
+    assert record["epoch"] == 2 and np.isfinite(record["loss"])
+    assert set(record["val_iou"]) == {*IOU_PARTS, "mean"}
+
+    class Interrupted(Exception):
+        pass
+
+    def stop(record):
+        raise Interrupted
+
+    resumed = tmp_path / "resumed.pt"
+    with pytest.raises(Interrupted):
+        train(celeba, resumed, config, on_epoch=stop)
+    assert not resumed.exists()
+    train(celeba, resumed, config, resume=True)
+    log = [json.loads(line) for line in resumed.with_name("resumed.pt.log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    a, b = FaceParser.load(whole), FaceParser.load(resumed)
+    assert a.meta["train_photos"] == 4
+    for key, value in a.net.state_dict().items():
+        assert torch.equal(value, b.net.state_dict()[key]), key
+
+
+def test_parse_command_writes_labels_and_goes_on_after_failures(shared_dir, tmp_path):
+    photo = shared_dir / "data" / "photos" / "000050.jpg"
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    result = CliRunner().invoke(main, ["parse", str(photo), str(bad), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "broken.jpg" in result.output and "Traceback" not in result.output
+    labels = read_mask(tmp_path / "out" / "000050" / "labels.png")
+    assert labels.shape == load_image(photo).shape[:2]
+    assert {1, 2, 4, 5, 6, 7} <= set(np.unique(labels))
+    overlay = load_image(tmp_path / "out" / "000050" / "overlay.png")
+    assert overlay.shape[1] > labels.shape[1]  # the photo plus the legend
+    assert not (tmp_path / "out" / "broken").exists()
