@@ -47,7 +47,7 @@ annotate: setup check-shared
 	  --images "$(SHARED)/data/celebamask-hq/images" --masks "$(SHARED)/data/celebamask-hq/masks" \
 	  --check 180 --export fit3dmm/data/ict_parts.npz
 
-# Retrains the shipped face parser from CelebAMask-HQ's train split (about 50 min on 2 CPU cores; uses a
+# Retrains the shipped face parser from CelebAMask-HQ's train split (about an hour on 2 CPU cores; uses a
 # GPU when present). Interrupted? Run it again: it resumes from .parser/parser.pt.ckpt.
 parser: setup check-shared
 	mkdir -p .parser
