@@ -12,8 +12,8 @@ from fit3dmm.cli import main
 from fit3dmm.datasets import fix_left_right, read_mask, split_of
 from fit3dmm.metrics import IOU_PARTS, part_iou
 from fit3dmm.parser.align import AlignedCrop
-from fit3dmm.parser.inference import FaceParser
-from fit3dmm.parser.network import CLASS_IDS
+from fit3dmm.parser.inference import FaceParser, crops_for, mirror_input, mirror_logits
+from fit3dmm.parser.network import CLASS_IDS, PRIOR_IDS, network_input
 from fit3dmm.parser.train import TrainConfig, locate_faces, train, training_sample
 from fit3dmm.perception.detector import FaceDetector
 from fit3dmm.perception.landmarks import FaceMeshPredictor
@@ -125,3 +125,19 @@ def test_parse_command_writes_labels_and_goes_on_after_failures(shared_dir, tmp_
     overlay = load_image(tmp_path / "out" / "000050" / "overlay.png")
     assert overlay.shape[1] > labels.shape[1]  # the photo plus the legend
     assert not (tmp_path / "out" / "broken").exists()
+
+
+def test_mirrored_input_swaps_sides(val_face):
+    """The test-time flip: the mirrored crop's left-eye prior channel is the original's right eye, flipped;
+    mirroring twice gives the input back, and logits mapped back keep the left eye on the image's right."""
+    image, _, mesh = val_face
+    images, priors, _ = crops_for(image, [mesh], 256, prior=True)
+    x = network_input(images, priors, torch.device("cpu"))
+    m = mirror_input(x)
+    left, right = 3 + PRIOR_IDS.index(4), 3 + PRIOR_IDS.index(5)
+    assert torch.equal(m[0, left], x[0, right].flip(-1)) and m[0, left].sum() > 0
+    assert torch.equal(mirror_input(m), x)
+    logits = torch.zeros(1, len(CLASS_IDS), 4, 4)
+    logits[0, 4, :, 2:] = 1  # class 4 (left eye) on the image's right half of a mirrored crop...
+    back = mirror_logits(logits)
+    assert back[0, 5, :, :2].all() and not back[0, 4].any()  # ...is the right eye on the left half
