@@ -269,9 +269,9 @@ def parser_train_cmd(data, out, epochs, batch_size, lr, no_prior, seed, limit, v
     try:
         config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, prior=not no_prior, seed=seed,
                              limit=limit, val_limit=val_limit, device=str(resolve_device(device)))
-    except Fit3dmmError as e:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except (Fit3dmmError, OSError) as e:
         _fail(str(e))
-    out.parent.mkdir(parents=True, exist_ok=True)
 
     def on_epoch(record):
         val = record["val_iou"]
@@ -282,12 +282,13 @@ def parser_train_cmd(data, out, epochs, batch_size, lr, no_prior, seed, limit, v
         tasks = {}
 
         def on_stage(name, i, n):
-            if name not in tasks:
-                tasks[name] = bar.add_task(name, total=n, info="")
-            bar.update(tasks[name], completed=i)
+            kind = name.split()[0]  # one bar for locating faces, one for the epochs
+            if kind not in tasks:
+                tasks[kind] = bar.add_task(name, total=n, info="")
+            bar.update(tasks[kind], description=name, completed=i, total=n)
 
         try:
             record = train(data, out, config, resume=resume, on_epoch=on_epoch, on_stage=on_stage)
-        except Fit3dmmError as e:
+        except (Fit3dmmError, OSError) as e:
             _fail(str(e))
     console.print(f"wrote {out} (validation IoU {record['val_iou']['mean']:.4f})")
