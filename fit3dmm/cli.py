@@ -254,20 +254,21 @@ def parser() -> None:
 @click.option("--epochs", default=40, show_default=True)
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--lr", default=3e-3, show_default=True)
-@click.option("--no-prior", is_flag=True, help="Leave out the landmark-polygon input channels.")
+@click.option("--prior/--no-prior", default=False, show_default=True,
+              help="Add the landmark polygons as input channels (measured worse; see README).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--limit", default=0, show_default=True, help="Train on only this many photos (0 = all).")
 @click.option("--val-limit", default=0, show_default=True, help="Score on only this many validation photos (0 = all).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT.ckpt (same settings).")
-def parser_train_cmd(data, out, epochs, batch_size, lr, no_prior, seed, limit, val_limit, device, resume) -> None:
+def parser_train_cmd(data, out, epochs, batch_size, lr, prior, seed, limit, val_limit, device, resume) -> None:
     """Train the face parser on DATA and write its weights (plus OUTPUT.ckpt and OUTPUT.log.jsonl)."""
     from .metrics import IOU_PARTS
     from .parser.train import TrainConfig, train
     from .pipeline import resolve_device
 
     try:
-        config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, prior=not no_prior, seed=seed,
+        config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, prior=prior, seed=seed,
                              limit=limit, val_limit=val_limit, device=str(resolve_device(device)))
         out.parent.mkdir(parents=True, exist_ok=True)
     except (Fit3dmmError, OSError) as e:

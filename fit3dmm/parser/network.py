@@ -37,7 +37,7 @@ class ParserNet(nn.Module):
     """(B, 3 [+ len(PRIOR_IDS)], S, S) crop, RGB normalized to [-1, 1] -> (B, len(CLASS_IDS), S/2, S/2)
     logits. S must be a multiple of 32."""
 
-    def __init__(self, prior: bool = True, widths: tuple[int, ...] = (16, 32, 48, 64, 96)):
+    def __init__(self, prior: bool = False, widths: tuple[int, ...] = (16, 32, 48, 64, 96)):
         super().__init__()
         self.prior = prior
         self.widths = tuple(widths)

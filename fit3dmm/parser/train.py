@@ -39,7 +39,7 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     size: int = 256
-    prior: bool = True
+    prior: bool = False  # landmark-polygon input channels: measured worse (README, "Face parser")
     widths: tuple[int, ...] = (16, 32, 48, 64, 96)
     dice_weight: float = 0.5
     seed: int = 0
