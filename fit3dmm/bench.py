@@ -21,12 +21,11 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from .config import FitConfig  # noqa: E402
-from .datasets import image_mask_pairs, read_pts, split_of  # noqa: E402
+from .datasets import image_mask_pairs, read_pts, split_pairs  # noqa: E402
 from .losses import make_loss  # noqa: E402
 from .metrics import IOU_PARTS, landmark_nme, mean_part_iou  # noqa: E402
 from .models import FaceModel  # noqa: E402
 from .models.ict import import_ict  # noqa: E402
-from .parser.inference import FaceParser  # noqa: E402
 from .parser.train import locate_faces, score  # noqa: E402
 from .perception.segmentation import LandmarkPolygonSegmenter  # noqa: E402
 from .pipeline import Pipeline, load_image  # noqa: E402
@@ -43,7 +42,6 @@ def median_ms(fn, runs: int = 30) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times) * 1e3
-
 
 
 def main() -> None:
@@ -90,7 +88,7 @@ def main() -> None:
     )
 
     # The parser per face, end to end (crop, network, labels back in the photo), on the timed photos.
-    face_parser = FaceParser.load(device=pipeline.device)
+    face_parser = pipeline.segmenter  # the default segmenter
     observed = [pipeline.observe(load_image(photo)) for photo in photos]
     parse_ms = statistics.median(
         median_ms(lambda o=o: face_parser.segment(o.image, o.mesh), runs=10) for o in observed
@@ -124,7 +122,7 @@ def main() -> None:
     console.print(table)
 
     if args.iou:
-        pairs = [p for p in image_mask_pairs(root / "images", root / "masks") if split_of(p[0].stem) == "val"][: args.iou]
+        pairs = split_pairs(image_mask_pairs(root / "images", root / "masks"), "val")[: args.iou]
         settings = [(seg, loss) for seg in ("landmarks", "parser") for loss in ("none", "prdl")]
         scores = {s: mean_part_iou(Pipeline(FitConfig.create(loss=s[1], segmenter=s[0]), model), pairs) for s in settings}
         table = Table(title=f"part IoU of the fit (fitted_labels.png) against human masks, {len(pairs)} validation photos")

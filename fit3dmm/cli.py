@@ -205,7 +205,7 @@ def list_cmd() -> None:
 @click.option("--export", type=click.Path(path_type=Path), help="Also write the annotation alone (parts, skin_subset) to this .npz.")
 def annotate_cmd(model_name, images, masks, limit, check, export) -> None:
     """Label MODEL's vertices with parts by voting on labelled photos (CelebAMask-HQ layout), and save it into the model."""
-    from .datasets import image_mask_pairs, split_of
+    from .datasets import image_mask_pairs, split_pairs
     from .models import PART_NAMES, FaceModel, load_model, resolve_model, save_model
     from .models.annotate import annotate, apply_annotation, score_annotation
 
@@ -215,8 +215,8 @@ def annotate_cmd(model_name, images, masks, limit, check, export) -> None:
         pairs = image_mask_pairs(images, masks)
     except Fit3dmmError as e:
         _fail(str(e))
-    train = [p for p in pairs if split_of(p[0].stem) == "train"][:limit]
-    val = [p for p in pairs if split_of(p[0].stem) == "val"][:check]
+    train = split_pairs(pairs, "train")[:limit]
+    val = split_pairs(pairs, "val")[:check]
     with _progress() as bar:
         task = bar.add_task("voting", total=len(train), info="")
         result = annotate(FaceModel(data), train, progress=lambda i, n, name: bar.update(task, completed=i, info=Path(name).name))

@@ -74,6 +74,11 @@ def split_of(stem: str) -> str:
     return "val" if int(hashlib.md5(stem.encode()).hexdigest(), 16) % 5 == 0 else "train"
 
 
+def split_pairs(pairs: list[tuple[Path, Path]], split: str) -> list[tuple[Path, Path]]:
+    """The (image, mask) pairs of one split ('train' or 'val'), in order."""
+    return [p for p in pairs if split_of(p[0].stem) == split]
+
+
 def read_pts(path: str | Path) -> np.ndarray:
     """A 300-W ``.pts`` file -> (N, 2) float points, 0-based (the files are 1-based)."""
     try:

@@ -59,7 +59,7 @@ def test_alignment_round_trip_preserves_labels(val_face):
     image, truth, mesh = val_face
     crop = AlignedCrop.from_mesh(mesh, 256)
     k = 2 * int(np.ceil(crop.photo_pixels_per_crop_pixel))
-    fine = crop.then(np.array([[k, 0, (k - 1) / 2], [0, k, (k - 1) / 2]]), size=256 * k)
+    fine = crop.upsampled(k)
     back = fine.unwarp(fine.warp(truth, nearest=True), truth.shape)
     inside = fine.unwarp(np.ones((256 * k, 256 * k), np.uint8), truth.shape) > 0
     assert inside.mean() > 0.5  # the crop covers most of this portrait

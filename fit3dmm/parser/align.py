@@ -52,6 +52,10 @@ class AlignedCrop:
         m = np.vstack([affine, [0, 0, 1]]) @ np.vstack([self.matrix, [0, 0, 1]])
         return AlignedCrop(matrix=m[:2], size=self.size if size is None else size)
 
+    def upsampled(self, k: int) -> "AlignedCrop":
+        """The same crop sampled k times finer ((size k)² pixels; pixel centres stay consistent)."""
+        return self.then(np.array([[k, 0, (k - 1) / 2], [0, k, (k - 1) / 2]]), size=self.size * k)
+
     @property
     def photo_pixels_per_crop_pixel(self) -> float:
         return float(1.0 / np.sqrt(abs(np.linalg.det(self.matrix[:, :2]))))

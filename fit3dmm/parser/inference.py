@@ -103,7 +103,6 @@ class FaceParser:
             k = int(np.clip(np.ceil(crop.photo_pixels_per_crop_pixel), 1, 4))
             up = F.interpolate(logits[i : i + 1], size=(self.size * k,) * 2, mode="bilinear", align_corners=False)
             labels = _IDS[up[0].argmax(0).cpu().numpy()]
-            fine = crop.then(np.array([[k, 0, (k - 1) / 2], [0, k, (k - 1) / 2]]), size=self.size * k)
-            face = fine.unwarp(labels, image.shape[:2])
+            face = crop.upsampled(k).unwarp(labels, image.shape[:2])
             out = np.where(face > 0, face, out)
         return out

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..datasets import fix_left_right, image_mask_pairs, read_mask, split_of
+from ..datasets import fix_left_right, image_mask_pairs, read_mask, split_pairs
 from ..errors import Fit3dmmError, InputError
 from ..metrics import IOU_PARTS, average_iou, part_iou
 from ..perception.detector import FaceDetector
@@ -69,7 +69,7 @@ def locate_faces(data: str | Path, split: str, limit: int = 0, progress: Callabl
     data = Path(data)
     if not (data / "images").is_dir() or not (data / "masks").is_dir():
         raise InputError(f"{data}: expected images/ and masks/ folders")
-    pairs = [p for p in image_mask_pairs(data / "images", data / "masks") if split_of(p[0].stem) == split]
+    pairs = split_pairs(image_mask_pairs(data / "images", data / "masks"), split)
     if limit:
         pairs = pairs[:limit]
     detector, meshes = FaceDetector(), FaceMeshPredictor()
