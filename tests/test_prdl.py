@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from toys import toy_part_sets
 
-from fit3dmm.losses import Frame
-from fit3dmm.losses.prdl import PRDL, anchor_grid, descriptors, mask_points
-from fit3dmm.models.facemodel import PART_NAMES
-from fit3dmm.target import CropTransform, FitTarget, brow_tangent_line, make_target
+from fit3dmm.losses.parts import mask_points
+from fit3dmm.losses.prdl import PRDL, anchor_grid, descriptors
+from fit3dmm.target import CropTransform, brow_tangent_line, make_target
 
 
 def test_descriptors_match_direct_computation():
@@ -19,38 +19,8 @@ def test_descriptors_match_direct_computation():
         assert got[a].tolist() == pytest.approx([min(d), max(d), sum(d) / len(d)], rel=1e-5)
 
 
-class _Parts:
-    """Stands in for a FaceModel: PRDL only asks it for each part's vertex ids."""
-
-    def __init__(self, ids):
-        self.ids = ids
-
-    def part_vertices(self, name):
-        return self.ids[name]
-
-
-def _toy(size=32, empty=("left_eyebrow",)):
-    """A target with one small square blob per part (none for the `empty` parts) and a model whose
-    vertices sit exactly on the target pixels."""
-    masks, ids, verts = {}, {}, []
-    for k, name in enumerate(PART_NAMES):
-        m = torch.zeros(size, size, dtype=torch.bool)
-        if name not in empty:
-            r, c = 3 + 3 * (k % 4), 3 + 12 * (k // 4)
-            m[r : r + 2, c : c + 3] = True
-        masks[name] = m
-        ys, xs = torch.nonzero(m, as_tuple=True)
-        pts = torch.stack([xs, ys], 1).float() if len(xs) else torch.tensor([[5.0, 5.0]])
-        ids[name] = torch.arange(len(verts), len(verts) + len(pts))
-        verts.extend(pts.tolist())
-    zeros = torch.zeros(size, size, dtype=torch.bool)
-    target = FitTarget(image=torch.zeros(size, size, 3), landmarks68=torch.zeros(68, 2),
-                       labels=np.zeros((size, size), np.uint8), part_masks=masks,
-                       occluded=zeros, face_mask=zeros, brow_line=None, crop=CropTransform(1.0, (0.0, 0.0), size))
-    screen = torch.cat([torch.tensor(verts), torch.ones(len(verts), 1)], 1).requires_grad_(True)
-    frame = Frame(vertices=screen, screen=screen, rotation=torch.eye(3), params={},
-                  visible=torch.ones(len(verts), dtype=torch.bool))
-    return PRDL(_Parts(ids), target, grid=4), frame, ids
+def _toy(**kwargs):
+    return toy_part_sets(PRDL, grid=4, **kwargs)
 
 
 def test_prdl_is_zero_when_sets_agree_and_positive_otherwise():

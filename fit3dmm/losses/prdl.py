@@ -11,15 +11,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..models.facemodel import PART_NAMES
-from ..sampling import farthest_point_sampling
-from .base import Frame, Loss, register
+from .base import Frame, register
+from .parts import PartSetLoss
 
 #: Anchors per side of the square crop grid (8x8 = 64, every 28 px of the 224 crop). On 12 validation
 #: photos, 8x8, 12x12 and 16x16 gave the same part IoU (59.8/59.9/59.9%) while the cost grows with the
 #: anchor count (README, "PRDL settings").
 ANCHOR_GRID = 8
-SKIN_POINTS = 3000
 
 
 def descriptors(points: Tensor, anchors: Tensor) -> Tensor:
@@ -37,25 +35,8 @@ def anchor_grid(size: int, per_side: int, device: torch.device | None = None) ->
     return torch.stack([xx.ravel(), yy.ravel()], 1)
 
 
-def mask_points(mask: Tensor, max_points: int | None = None) -> Tensor:
-    """(N, 2) float pixel coordinates (x, y) of a mask; reduced by FPS to max_points if given.
-
-    Mask pixels are uniformly dense, so a strided sub-grid of about 4x max_points is taken before FPS to
-    bound its cost; FPS then evens out what the stride leaves.
-    """
-    ys, xs = torch.nonzero(mask, as_tuple=True)
-    pts = torch.stack([xs, ys], 1).float()
-    if max_points is None or len(pts) <= max_points:
-        return pts
-    stride = int((len(pts) / (4 * max_points)) ** 0.5)
-    if stride > 1:
-        keep = (xs % stride == 0) & (ys % stride == 0)
-        pts = pts[keep]
-    return pts[farthest_point_sampling(pts, max_points)]
-
-
 @register
-class PRDL(Loss):
+class PRDL(PartSetLoss):
     """PRDL over all parts at once. The parts' vertices form one array (a contiguous segment per part),
     so an iteration does one gather and one anchor-to-point distance matrix; the means are one matrix
     product, and the nearest/farthest points are found without autograd and only their distances
@@ -63,36 +44,12 @@ class PRDL(Loss):
     at a fraction of the backward cost. Dropped points are masked, not removed."""
 
     name = "prdl"
-    needs_raster = True
-    needs_parts = True
 
     def __init__(self, model, target, grid: int | None = None, part_weights: dict[str, float] | None = None):
-        super().__init__(model, target)
-        device = target.image.device
-        self.anchors = anchor_grid(target.size, grid or ANCHOR_GRID, device=device)
-        names, ids, targets, weights, segments = [], [], [], [], []
-        for name in PART_NAMES:
-            pts = mask_points(target.part_masks[name], SKIN_POINTS if name == "skin" else None)
-            part_ids = model.part_vertices(name)
-            if len(pts) == 0 or len(part_ids) == 0:  # empty target part: weight 0
-                continue
-            names.append(name)
-            segments.append(torch.full((len(part_ids),), len(ids), dtype=torch.long, device=device))
-            ids.append(part_ids)
-            targets.append(descriptors(pts, self.anchors))
-            weights.append(1.0 if part_weights is None else part_weights.get(name, 1.0))
-        self.part_names = names
-        self.ids = torch.cat(ids) if ids else torch.zeros(0, dtype=torch.long, device=device)
-        self.segment = torch.cat(segments) if segments else torch.zeros(0, dtype=torch.long, device=device)
-        self.target_desc = torch.stack(targets) if targets else None  # (P, A, 3)
-        self.weights = torch.tensor(weights, device=device)
-        self.is_skin = self.segment == (names.index("skin") if "skin" in names else -1)
-
-    def kept(self, frame: Frame, xy: Tensor) -> Tensor:
-        """(N,) bool: visible, not on hair/occluders, and (skin) not above the brow line."""
-        xy = xy.detach()
-        keep = frame.visible[self.ids] & ~self.target.pixel_lookup(self.target.occluded, xy)
-        return keep & ~(self.is_skin & self.target.above_brows(xy))
+        super().__init__(model, target, part_weights)
+        self.anchors = anchor_grid(target.size, grid or ANCHOR_GRID, device=target.image.device)
+        # (P, A, 3) target descriptors, or None without any part.
+        self.target_desc = torch.stack([descriptors(p, self.anchors) for p in self.target_points]) if self.part_names else None
 
     def __call__(self, frame: Frame) -> Tensor:
         if self.target_desc is None:
