@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -18,12 +19,12 @@ from rich.table import Table
 # torch is first imported (the commands import it lazily).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .config import FULL_ITERATIONS, PRDL_WEIGHT  # noqa: E402
+from .config import FULL_ITERATIONS, MODES  # noqa: E402
 from .errors import Fit3dmmError  # noqa: E402
 from .losses import SEGMENTATION_LOSSES  # noqa: E402
 from .perception.segmentation import SEGMENTERS  # noqa: E402
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages hold paths: never break them
 
 
 def _fail(message: str) -> None:
@@ -49,7 +50,9 @@ def main() -> None:
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output folder; one subfolder per image.")
 @click.option("--loss", type=click.Choice([*SEGMENTATION_LOSSES, "none"]), default="prdl", show_default=True,
               help="Segmentation loss of the final stage; 'none' for landmark + photometric only.")
-@click.option("--seg-weight", type=float, default=PRDL_WEIGHT, show_default=True, help="Weight of the segmentation loss.")
+@click.option("--mode", type=click.Choice(MODES), default="full", show_default=True,
+              help="full: with the landmark and photometric terms; seg-only: the segmentation loss alone after a landmark rigid fit.")
+@click.option("--seg-weight", type=float, help="Weight of the segmentation loss (default: the loss's tuned weight, see README).")
 @click.option("--model", default="ict", show_default=True, help="Installed model name or path to a model .npz.")
 @click.option("--segmenter", type=click.Choice(sorted(SEGMENTERS)), default="parser", show_default=True,
               help="Part segmenter for the segmentation loss's target.")
@@ -57,7 +60,7 @@ def main() -> None:
 @click.option("--face", "face_index", default=0, show_default=True, help="Which face, by size (0 = largest).")
 @click.option("--iterations", default=FULL_ITERATIONS, show_default=True, help="Iterations of the final (all-losses) stage.")
 @click.option("--overwrite", is_flag=True, help="Replace existing result folders.")
-def fit(inputs, out, loss, seg_weight, model, segmenter, device, face_index, iterations, overwrite) -> None:
+def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_index, iterations, overwrite) -> None:
     """Fit each INPUT (an image, or a folder of images) and write OUT/<stem>/."""
     from .config import FitConfig
     from .outputs import write_result
@@ -67,7 +70,7 @@ def fit(inputs, out, loss, seg_weight, model, segmenter, device, face_index, ite
     if not images:
         _fail("no images found in the inputs")
     try:
-        config = FitConfig.create(loss=loss, iterations=iterations, seg_weight=seg_weight, model=model,
+        config = FitConfig.create(loss=loss, iterations=iterations, seg_weight=seg_weight, mode=mode, model=model,
                                   segmenter=segmenter, device=device, face_index=face_index)
         pipeline = Pipeline(config)
     except (Fit3dmmError, ValueError) as e:
@@ -150,6 +153,140 @@ def parse(inputs, out, weights, device, overwrite) -> None:
         write_parse_result(image, pipeline.parse(image), target_dir, overwrite=overwrite)
 
     _batch("parse", images, out, overwrite, process)
+
+
+def _eval_options(command):
+    """Options shared by eval and compare."""
+    options = [
+        click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path)),
+        click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+                     help="Output folder (rerunning continues where it stopped)."),
+        click.option("--mode", type=click.Choice(MODES), default="full", show_default=True,
+                     help="full: with the landmark and photometric terms; seg-only: the segmentation loss alone."),
+        click.option("--segmenter", type=click.Choice(sorted(SEGMENTERS)), default="parser", show_default=True),
+        click.option("--format", "fmt", type=click.Choice(["celebamask", "lapa"]), default="celebamask", show_default=True,
+                     help="Label ids of DATA's masks."),
+        click.option("--split", type=click.Choice(["all", "val", "train"]), default="all", show_default=True,
+                     help="Keep one hash split of DATA (see README, 'Evaluation')."),
+        click.option("--skip", default=0, show_default=True, help="Leave out the first N photos (after --split)."),
+        click.option("--limit", type=int, help="Score at most N photos (after --skip)."),
+        click.option("--model", default="ict", show_default=True),
+        click.option("--device", default="auto", show_default=True),
+        click.option("--iterations", default=FULL_ITERATIONS, show_default=True),
+        click.option("--overwrite", is_flag=True, help="Start afresh instead of continuing."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _run_evaluation(data, out, specs, mode, segmenter, fmt, split, skip, limit, model, device, iterations, overwrite,
+                    subfolders: bool) -> dict:
+    """Fit and score DATA with each (loss, weight) spec; returns run name -> summary."""
+    from .config import FitConfig
+    from .evaluation import evaluate, find_samples, open_run, parse_run_spec, summarize
+    from .pipeline import Pipeline
+
+    try:
+        samples = find_samples(data, fmt, split, skip, limit)
+        runs = {}
+        for spec in specs:
+            loss, weight = parse_run_spec(spec)
+            if loss not in (*SEGMENTATION_LOSSES, "none"):
+                raise ValueError(f"unknown loss '{loss}'; known: {', '.join((*SEGMENTATION_LOSSES, 'none'))}")
+            config = FitConfig.create(loss=loss, seg_weight=weight, mode=mode, iterations=iterations, model=model,
+                                      segmenter=segmenter, device=device)
+            folder = out / spec if subfolders else out
+            open_run(folder, config, data, fmt, overwrite)
+            runs[spec] = (config, folder)
+        pipeline = Pipeline(next(iter(runs.values()))[0])
+    except (Fit3dmmError, ValueError, OSError) as e:
+        _fail(str(e))
+    with _progress() as bar:
+        task = bar.add_task("fitting", total=len(samples), info="")
+        failures = evaluate(pipeline, samples, runs, fmt,
+                            progress=lambda i, n, info: bar.update(task, completed=i, info=info))
+    for name, failed in failures.items():
+        for stem, message in failed:
+            console.print(f"[red]failed[/red] {stem} ({name}): {message}")
+    return {name: summarize(folder, failures[name]) for name, (_, folder) in runs.items()}
+
+
+def _cell(stats: dict) -> str:
+    return "" if stats["mean"] is None else f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+
+
+@main.command("eval")
+@_eval_options
+@click.option("--loss", type=click.Choice([*SEGMENTATION_LOSSES, "none"]), default="prdl", show_default=True)
+@click.option("--seg-weight", type=float, help="Weight of the segmentation loss (default: the loss's tuned weight).")
+def eval_cmd(data, out, mode, segmenter, fmt, split, skip, limit, model, device, iterations, overwrite, loss, seg_weight) -> None:
+    """Fit every photo of DATA (images/ and masks/ of the same stems) and score Part IoU against the masks
+    (and the 68-landmark error where a .pts file sits beside a photo): OUT/metrics.csv, landmarks.csv,
+    summary.json, chart.png."""
+    from .metrics import IOU_PARTS
+    from .report import iou_chart
+
+    spec = loss if seg_weight is None else f"{loss}@{seg_weight:g}"
+    summary = _run_evaluation(data, out, [spec], mode, segmenter, fmt, split, skip, limit, model, device, iterations,
+                              overwrite, subfolders=False)[spec]
+    iou_chart(out / "chart.png", {spec: summary}, f"--loss {spec} --mode {mode}, {summary['photos']} photos")
+    table = Table(title=f"Part IoU, --loss {spec} --mode {mode}, {summary['photos']} photos of {data}")
+    for col in ("part", "mean ± std", "photos"):
+        table.add_column(col, justify="left" if col == "part" else "right")
+    for part in (*IOU_PARTS, "mean"):
+        stats = summary["part_iou"][part]
+        table.add_row(part, _cell(stats), str(stats["n"]))
+    Console().print(table)
+    if summary["nme"]:
+        console.print(f"68-landmark NME: mean {summary['nme']['mean']:.2%}, median {summary['nme']['median']:.2%} "
+                      f"({summary['nme']['n']} photos)")
+    console.print(f"results in {out}")
+    if summary["failed"]:
+        sys.exit(1)
+
+
+@main.command()
+@_eval_options
+@click.option("--losses", default=",".join(SEGMENTATION_LOSSES), show_default=True,
+              help="Comma-separated losses to compare, each optionally with a weight: prdl,iou@0.05,none.")
+def compare(data, out, mode, segmenter, fmt, split, skip, limit, model, device, iterations, overwrite, losses) -> None:
+    """Fit every photo of DATA with each loss and compare their Part IoU: OUT/<loss>/ (as eval),
+    OUT/compare.csv, compare.png and grid.png."""
+    import cv2
+
+    from .evaluation import read_truth, write_compare, write_png
+    from .metrics import IOU_PARTS
+    from .pipeline import load_image
+    from .report import compare_grid, iou_chart
+
+    specs = [s.strip() for s in losses.split(",") if s.strip()]
+    if not specs or len(set(specs)) != len(specs):
+        _fail("--losses needs distinct, comma-separated names")
+    summaries = _run_evaluation(data, out, specs, mode, segmenter, fmt, split, skip, limit, model, device, iterations,
+                                overwrite, subfolders=True)
+    write_compare(out, summaries)
+    n = min(s["photos"] for s in summaries.values())
+    iou_chart(out / "compare.png", summaries, f"--mode {mode}, {n} photos")
+    table = Table(title=f"Part IoU (mean ± std over photos), --mode {mode}, {n} photos of {data}")
+    table.add_column("loss")
+    for part in (*IOU_PARTS, "mean"):
+        table.add_column(part.replace("_", " "), justify="right")
+    for spec, summary in summaries.items():
+        table.add_row(spec, *(_cell(summary["part_iou"][p]) for p in (*IOU_PARTS, "mean")))
+    Console().print(table)
+    stems = sorted(set.intersection(*({p.stem for p in (out / spec / "labels").glob("*.png")} for spec in specs)))[:6]
+    rows = []
+    for stem in stems:
+        record = json.loads((out / specs[0] / "images" / f"{stem}.json").read_text())
+        mask = next(p for p in (data / "masks", data / "labels") if p.is_dir()) / f"{stem}.png"
+        fitted = {spec: cv2.imread(str(out / spec / "labels" / f"{stem}.png"), cv2.IMREAD_UNCHANGED) for spec in specs}
+        rows.append((load_image(record["image"]), read_truth(mask, fmt), fitted))
+    if rows:
+        write_png(out / "grid.png", compare_grid(rows))
+    console.print(f"results in {out}")
+    if any(s["failed"] for s in summaries.values()):
+        sys.exit(1)
 
 
 @main.group()

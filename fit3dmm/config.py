@@ -17,6 +17,14 @@ PRDL_WEIGHT = 0.3e-3
 REG_WEIGHT = 3e-4
 ALBEDO_SMOOTH_WEIGHT = 1.0
 
+#: Default weight of each segmentation loss. Each baseline started at the weight giving the same gradient
+#: norm as PRDL at PRDL_WEIGHT on a fitted face, then each loss (PRDL too) was tried at 1/4, 1 and 4 times
+#: that on the tuning photos, and the best kept (README, "Comparing losses").
+SEG_WEIGHTS = {"prdl": PRDL_WEIGHT, "iou": 0.1, "chamfer": 2e-3, "dcd": 0.5, "icp": 2e-3, "icp-rev": 1e-2}
+#: "full": the segmentation loss joins the landmark and photometric terms. "seg-only" (the paper's
+#: ablation): after the landmark-only rigid stage, shape and pose follow the segmentation loss alone.
+MODES = ("full", "seg-only")
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -40,18 +48,26 @@ FULL_ITERATIONS = 80
 
 
 def default_stages(
-    seg_loss: str = "prdl", seg_weight: float = PRDL_WEIGHT, iterations: int = FULL_ITERATIONS
+    seg_loss: str = "prdl", seg_weight: float | None = None, iterations: int = FULL_ITERATIONS, mode: str = "full"
 ) -> tuple[Stage, ...]:
-    """Rigid pose on landmarks, then shape on landmarks, then everything with every loss.
+    """Full mode: rigid pose on landmarks, then shape on landmarks, then everything with every loss.
+    Seg-only mode: the same rigid stage, then pose and shape on the segmentation loss (and the
+    coefficient prior) for as many iterations as the other two stages.
 
-    ``seg_loss`` "none" leaves the segmentation term out (landmark + photometric only).
+    ``seg_loss`` "none" leaves the segmentation term out (landmark + photometric only; in seg-only mode
+    the rigid fit alone). ``seg_weight`` None takes the loss's entry in SEG_WEIGHTS.
     """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode '{mode}'; known: {', '.join(MODES)}")
+    seg = [] if seg_loss == "none" else [(seg_loss, SEG_WEIGHTS.get(seg_loss, PRDL_WEIGHT) if seg_weight is None else seg_weight)]
+    rigid = Stage("rigid", 60, (("angles", 0.03), ("translation", 1.0)), (("landmark", 1.0),))
+    if mode == "seg-only":
+        lrs = (("angles", 0.005), ("translation", 0.1), ("id", 0.03), ("exp", 0.02))
+        return rigid, Stage("segmentation", 60 + iterations, lrs, (*seg, ("reg", REG_WEIGHT)))
     full_losses = [("landmark", LANDMARK_WEIGHT), ("photometric", PHOTOMETRIC_WEIGHT), ("reg", REG_WEIGHT),
-                   ("albedo_smooth", ALBEDO_SMOOTH_WEIGHT)]
-    if seg_loss != "none":
-        full_losses.append((seg_loss, seg_weight))
+                   ("albedo_smooth", ALBEDO_SMOOTH_WEIGHT), *seg]
     return (
-        Stage("rigid", 60, (("angles", 0.03), ("translation", 1.0)), (("landmark", 1.0),)),
+        rigid,
         Stage(
             "shape", 60,
             (("angles", 0.01), ("translation", 0.3), ("id", 0.05), ("exp", 0.03)),
@@ -71,6 +87,7 @@ class FitConfig:
 
     model: str = "ict"
     loss: str = "prdl"
+    mode: str = "full"
     segmenter: str = "parser"
     device: str = "auto"
     crop_size: int = 224
@@ -81,10 +98,12 @@ class FitConfig:
 
     @classmethod
     def create(
-        cls, loss: str = "prdl", iterations: int = FULL_ITERATIONS, seg_weight: float = PRDL_WEIGHT, **kwargs
+        cls, loss: str = "prdl", iterations: int = FULL_ITERATIONS, seg_weight: float | None = None, mode: str = "full",
+        **kwargs,
     ) -> "FitConfig":
-        """The default stages with the given segmentation loss, its weight and final-stage iterations."""
-        return cls(loss=loss, stages=default_stages(loss, seg_weight, iterations), **kwargs)
+        """The default stages with the given segmentation loss, its weight (None: the loss's default),
+        final-stage iterations and mode."""
+        return cls(loss=loss, mode=mode, stages=default_stages(loss, seg_weight, iterations, mode), **kwargs)
 
     def with_(self, **changes) -> "FitConfig":
         return replace(self, **changes)

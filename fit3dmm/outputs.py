@@ -103,7 +103,7 @@ def shaded_overlay(output: FitOutput, tri: np.ndarray, bary: np.ndarray, normals
     return out.clip(0, 255).astype(np.uint8)
 
 
-def _colourize(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def colourize(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     out = image.astype(np.float32).copy()
     for label, colour in PART_COLOURS.items():
         m = labels == label
@@ -121,8 +121,8 @@ def parts_panel(output: FitOutput, fitted: np.ndarray, panel: int = 512) -> np.n
     view = CropTransform(crop.scale * scale, (crop.offset[0] * scale, crop.offset[1] * scale), panel)
     image = view.warp(output.observation.image)
     target = cv2.resize(output.target.labels, (panel, panel), interpolation=cv2.INTER_NEAREST)
-    left = _colourize(image, target)
-    right = _colourize(image, view.warp(fitted, nearest=True))
+    left = colourize(image, target)
+    right = colourize(image, view.warp(fitted, nearest=True))
     if output.target.brow_line is not None:
         a, b, c = output.target.brow_line
         # The line in crop pixels, drawn across the panel (scaled by `scale`).
@@ -193,7 +193,7 @@ def write_parse_result(image: np.ndarray, labels: np.ndarray, folder: str | os.P
     coloured parts and a legend), written atomically."""
     with _atomic_folder(folder, overwrite) as tmp:
         _write_png(tmp / "labels.png", labels)
-        overlay = _colourize(image, labels)
+        overlay = colourize(image, labels)
         _write_png(tmp / "overlay.png", np.concatenate([overlay, legend(labels, overlay.shape[0])], axis=1))
     return Path(folder)
 

@@ -58,6 +58,15 @@ class Observation:
 
 
 @dataclass
+class Prepared:
+    """A photo ready to fit: what perception found and the fit target built from it (seconds in timings)."""
+
+    observation: Observation
+    target: FitTarget
+    timings: dict[str, float]
+
+
+@dataclass
 class FitOutput:
     observation: Observation
     target: FitTarget
@@ -75,14 +84,19 @@ class Pipeline:
         if model is None:
             model = FaceModel(load_model(resolve_model(config.model)))
         self.model = model.to(self.device)
+        self.fitter = self.make_fitter(config)
+        self.detector = FaceDetector()
+        self.mesh_predictor = FaceMeshPredictor()
+        self.segmenter = make_segmenter(config.segmenter, self.device)
+
+    def make_fitter(self, config: FitConfig) -> Fitter:
+        """A fitter of this pipeline's model with another configuration's stages (same crop and camera
+        settings expected), e.g. to fit one prepared photo with several losses."""
         for stage in config.stages:
             for name, _ in stage.losses:
                 if name in REGISTRY and REGISTRY[name].needs_parts and not self.model.data.has_parts:
                     raise ModelError(f"model '{self.model.name}' has no part annotation, which loss '{name}' needs")
-        self.detector = FaceDetector()
-        self.mesh_predictor = FaceMeshPredictor()
-        self.segmenter = make_segmenter(config.segmenter, self.device)
-        self.fitter = Fitter(self.model, config)
+        return Fitter(self.model, config)
 
     def observe(self, image: np.ndarray) -> Observation:
         faces = self.detector.detect(image)
@@ -97,17 +111,28 @@ class Pipeline:
             landmarks68=to_ibug68(mesh), labels=self.segmenter.segment(image, mesh),
         )
 
-    def fit(self, image: np.ndarray, progress: ProgressCallback | None = None) -> FitOutput:
+    def prepare(self, image: np.ndarray) -> Prepared:
+        """Perception and the fit target of a photo, once for any number of fits."""
         t0 = time.perf_counter()
         obs = self.observe(image)
         t1 = time.perf_counter()
         crop = CropTransform.around(obs.landmarks68, self.config.crop_size, self.config.crop_margin)
         target = make_target(image, obs.labels, obs.landmarks68, crop, self.device)
-        t2 = time.perf_counter()
-        result = self.fitter.fit(target, progress)
-        t3 = time.perf_counter()
-        timings = {"perception": t1 - t0, "target": t2 - t1, **result.timings, "fit": t3 - t2, "total": t3 - t0}
-        return FitOutput(observation=obs, target=target, result=result, fitter=self.fitter, timings=timings)
+        return Prepared(obs, target, {"perception": t1 - t0, "target": time.perf_counter() - t1})
+
+    def fit_prepared(
+        self, prepared: Prepared, progress: ProgressCallback | None = None, fitter: Fitter | None = None
+    ) -> FitOutput:
+        """Fit a prepared photo with this pipeline's fitter, or another from :meth:`make_fitter`."""
+        fitter = fitter or self.fitter
+        t0 = time.perf_counter()
+        result = fitter.fit(prepared.target, progress)
+        fit = time.perf_counter() - t0
+        timings = {**prepared.timings, **result.timings, "fit": fit, "total": sum(prepared.timings.values()) + fit}
+        return FitOutput(observation=prepared.observation, target=prepared.target, result=result, fitter=fitter, timings=timings)
+
+    def fit(self, image: np.ndarray, progress: ProgressCallback | None = None) -> FitOutput:
+        return self.fit_prepared(self.prepare(image), progress)
 
 
 class ParsePipeline:

@@ -1,0 +1,101 @@
+"""`fit3dmm eval` and `fit3dmm compare` end to end on real photos (short fits)."""
+
+import csv
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from fit3dmm.cli import main
+from fit3dmm.metrics import IOU_PARTS
+
+CELEBA = ("00f3cdb789584cd59706977dcb122a3f", "024b3c525fd0469c82c664f532d82cb9")  # validation split
+SHORT = ["--iterations", "10"]
+
+
+@pytest.fixture(scope="module")
+def data(shared_dir, tmp_path_factory):
+    """Two CelebAMask-HQ photos with their masks, a photo with hand-placed landmarks (.pts beside it; its
+    mask from the parser), and a broken image."""
+    from fit3dmm.pipeline import ParsePipeline, load_image
+
+    root = tmp_path_factory.mktemp("data")
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    celeba = shared_dir / "data" / "celebamask-hq"
+    for stem in CELEBA:
+        shutil.copy(celeba / "images" / f"{stem}.jpg", root / "images")
+        shutil.copy(celeba / "masks" / f"{stem}.png", root / "masks")
+    photo = shared_dir / "data" / "landmarks-68" / "image_0010.png"
+    shutil.copy(photo, root / "images")
+    shutil.copy(photo.with_suffix(".pts"), root / "images")
+    Image.fromarray(ParsePipeline(device="cpu").parse(load_image(photo))).save(root / "masks" / "image_0010.png")
+    (root / "images" / "broken.jpg").write_text("not an image")
+    shutil.copy(celeba / "masks" / f"{CELEBA[0]}.png", root / "masks" / "broken.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def evaluated(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "out"
+    result = CliRunner().invoke(main, ["eval", str(data), "-o", str(out), *SHORT])
+    return out, result
+
+
+def test_eval_scores_every_good_photo_and_reports_the_broken_one(evaluated):
+    out, result = evaluated
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "failed broken" in result.output
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["image"] for r in rows} == {*CELEBA, "image_0010"}
+    assert len(rows) == 3 * len(IOU_PARTS)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["photos"] == 3 and [f["image"] for f in summary["failed"]] == ["broken"]
+    assert "not a readable image" in summary["failed"][0]["error"]
+    # Even a short landmark-led fit overlaps the human parts well; the mean is the mean of the part means.
+    assert 0.4 < summary["part_iou"]["mean"]["mean"] < 1
+    means = [summary["part_iou"][p]["mean"] for p in IOU_PARTS]
+    assert summary["part_iou"]["mean"]["mean"] == pytest.approx(np.mean(means))
+    # The landmark error is scored only where a .pts file sits beside the photo.
+    with open(out / "landmarks.csv") as f:
+        nmes = list(csv.DictReader(f))
+    assert [r["image"] for r in nmes] == ["image_0010"] and float(nmes[0]["nme"]) < 0.08
+    chart = cv2.imread(str(out / "chart.png"))
+    assert chart is not None and chart.shape[1] > 400
+    fitted = cv2.imread(str(out / "labels" / f"{CELEBA[0]}.png"), cv2.IMREAD_UNCHANGED)
+    assert fitted.shape == (512, 512) and set(np.unique(fitted)) <= {0, 1, 2, 4, 5, 6, 7, 11, 12}
+    assert not [p for p in out.rglob(".*")]  # no temporary files left
+
+
+def test_eval_rerun_skips_done_photos_and_refuses_another_configuration(data, evaluated):
+    out, _ = evaluated
+    records = {p: p.stat().st_mtime_ns for p in (out / "images").glob("*.json")}
+    rerun = CliRunner().invoke(main, ["eval", str(data), "-o", str(out), *SHORT])
+    assert rerun.exit_code == 1  # the broken photo is retried and fails again
+    assert {p: p.stat().st_mtime_ns for p in (out / "images").glob("*.json")} == records
+    other = CliRunner().invoke(main, ["eval", str(data), "-o", str(out), "--loss", "chamfer", *SHORT])
+    assert other.exit_code == 1 and "another configuration" in other.output and "Traceback" not in other.output
+
+
+def test_compare_runs_each_loss_on_the_same_photos(data, tmp_path):
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(main, ["compare", str(data), "-o", str(out), "--losses", "prdl,chamfer",
+                                       "--mode", "seg-only", "--limit", "2", *SHORT])
+    assert result.exit_code == 0, result.output
+    with open(out / "compare.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["run"], r["part"]) for r in rows] == [(run, p) for run in ("prdl", "chamfer") for p in (*IOU_PARTS, "mean")]
+    assert all(0 < float(r["mean"]) <= 1 and r["n"] == "2" for r in rows)
+    for run in ("prdl", "chamfer"):
+        config = json.loads((out / run / "config.json").read_text())["fit"]
+        assert config["mode"] == "seg-only" and [s["name"] for s in config["stages"]] == ["rigid", "segmentation"]
+        assert dict(map(tuple, config["stages"][1]["losses"])).keys() == {run, "reg"}
+    grid = cv2.imread(str(out / "grid.png"))
+    assert grid.shape == (24 + 2 * 160, 4 * 160, 3)  # header + 2 photos; photo, mask, 2 losses
+    assert cv2.imread(str(out / "compare.png")) is not None
+    assert "prdl" in result.output and "±" in result.output
