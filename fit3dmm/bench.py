@@ -14,6 +14,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see cli.py; before torch 
 import argparse  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
+from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -22,7 +23,7 @@ from rich.table import Table  # noqa: E402
 
 from .config import FitConfig  # noqa: E402
 from .datasets import image_mask_pairs, read_pts, split_pairs  # noqa: E402
-from .losses import make_loss  # noqa: E402
+from .losses import SEGMENTATION_LOSSES, make_loss  # noqa: E402
 from .metrics import IOU_PARTS, landmark_nme, mean_part_iou  # noqa: E402
 from .models import FaceModel  # noqa: E402
 from .models.ict import import_ict  # noqa: E402
@@ -72,9 +73,9 @@ def main() -> None:
     frame = out.result.frame
     screen = frame.screen.detach().clone().requires_grad_(True)
     prdl = make_loss("prdl", model, out.target)
+    frame.screen = screen
 
     def prdl_step():
-        frame.screen = screen
         prdl(frame).backward()
 
     raster_ms = median_ms(lambda: rasterize(screen.detach(), model.fit_triangles, 224, 224))
@@ -86,6 +87,21 @@ def main() -> None:
         f"the whole head ({len(model.triangles)}) {raster_full_ms:.2f} ms\n"
         f"PRDL forward+backward: {prdl_ms:.2f} ms   geometry+raster+visibility per iteration: {frame_ms:.2f} ms"
     )
+
+    # Each segmentation loss: its forward+backward alone, and a whole final-stage iteration with it.
+    table = Table(title="time per iteration for each --loss (full mode, final stage, the last fit's target)")
+    for col in ("--loss", "loss fwd+bwd ms", "iteration ms"):
+        table.add_column(col, justify="left" if col == "--loss" else "right")
+    for name in (*SEGMENTATION_LOSSES, "none"):
+        fitter = pipeline.make_fitter(FitConfig.create(loss=name))
+        stage = fitter.config.stages[-1]
+        losses = {n: make_loss(n, model, out.target) for n, _ in stage.losses}
+        params = {k: v.detach().clone() for k, v in out.result.params.items()}
+        loss_ms = "" if name == "none" else f"{median_ms(lambda: losses[name](frame).backward(), runs=10):.1f}"
+        short = replace(stage, iterations=10)
+        iteration_ms = median_ms(lambda: fitter.run_stage(short, params, losses), runs=3) / short.iterations
+        table.add_row(name, loss_ms, f"{iteration_ms:.1f}")
+    console.print(table)
 
     # The parser per face, end to end (crop, network, labels back in the photo), on the timed photos.
     face_parser = pipeline.segmenter  # the default segmenter

@@ -213,7 +213,7 @@ def _run_evaluation(data, out, specs, mode, segmenter, fmt, split, skip, limit, 
 
 
 def _cell(stats: dict) -> str:
-    return "" if stats["mean"] is None else f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+    return "" if stats["mean"] is None else f"{100 * stats['mean']:.1f} ± {100 * stats['std']:.1f}"
 
 
 @main.command("eval")
@@ -231,7 +231,7 @@ def eval_cmd(data, out, mode, segmenter, fmt, split, skip, limit, model, device,
     summary = _run_evaluation(data, out, [spec], mode, segmenter, fmt, split, skip, limit, model, device, iterations,
                               overwrite, subfolders=False)[spec]
     iou_chart(out / "chart.png", {spec: summary}, f"--loss {spec} --mode {mode}, {summary['photos']} photos")
-    table = Table(title=f"Part IoU, --loss {spec} --mode {mode}, {summary['photos']} photos of {data}")
+    table = Table(title=f"Part IoU %, --loss {spec} --mode {mode}, {summary['photos']} photos of {data}")
     for col in ("part", "mean ± std", "photos"):
         table.add_column(col, justify="left" if col == "part" else "right")
     for part in (*IOU_PARTS, "mean"):
@@ -268,10 +268,10 @@ def compare(data, out, mode, segmenter, fmt, split, skip, limit, model, device, 
     write_compare(out, summaries)
     n = min(s["photos"] for s in summaries.values())
     iou_chart(out / "compare.png", summaries, f"--mode {mode}, {n} photos")
-    table = Table(title=f"Part IoU (mean ± std over photos), --mode {mode}, {n} photos of {data}")
+    table = Table(title=f"Part IoU % (mean ± std over photos), --mode {mode}, {n} photos of {data}")
     table.add_column("loss")
     for part in (*IOU_PARTS, "mean"):
-        table.add_column(part.replace("_", " "), justify="right")
+        table.add_column(part.replace("_", " ").replace("eyebrow", "brow"), justify="right")
     for spec, summary in summaries.items():
         table.add_row(spec, *(_cell(summary["part_iou"][p]) for p in (*IOU_PARTS, "mean")))
     Console().print(table)

@@ -24,7 +24,7 @@ def iou_chart(path: Path, summaries: dict[str, dict], title: str) -> None:
     parts = (*IOU_PARTS, "mean")
     x = np.arange(len(parts))
     width = 0.8 / max(len(summaries), 1)
-    fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(parts) + 0.3 * len(summaries) * len(parts)), 4.5))
+    fig, ax = plt.subplots(figsize=(min(14, 5 + 0.16 * len(summaries) * len(parts)), 4.5))
     for k, (run, summary) in enumerate(summaries.items()):
         stats = [summary["part_iou"][p] for p in parts]
         means = [np.nan if s["mean"] is None else s["mean"] for s in stats]
@@ -36,7 +36,7 @@ def iou_chart(path: Path, summaries: dict[str, dict], title: str) -> None:
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     if len(summaries) > 1:
-        ax.legend(fontsize=8, ncols=min(len(summaries), 7), loc="lower center")
+        ax.legend(fontsize=8, ncols=min(len(summaries), 8), loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
     fig.tight_layout()
     write_atomic(path, lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)

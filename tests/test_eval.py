@@ -99,3 +99,19 @@ def test_compare_runs_each_loss_on_the_same_photos(data, tmp_path):
     assert grid.shape == (24 + 2 * 160, 4 * 160, 3)  # header + 2 photos; photo, mask, 2 losses
     assert cv2.imread(str(out / "compare.png")) is not None
     assert "prdl" in result.output and "±" in result.output
+
+
+def test_lapa_labels_become_celebamask_ids_with_sides_by_position(tmp_path):
+    from fit3dmm.evaluation import read_truth
+
+    lapa = np.zeros((40, 40), np.uint8)
+    lapa[5:35, 5:35] = 1  # skin
+    lapa[10:14, 8:16] = 4  # LaPa "left eye", drawn on the image's left: the subject's right
+    lapa[10:14, 24:32] = 5
+    lapa[20:26, 18:22] = 6  # nose
+    lapa[28:30, 14:26] = 7  # upper lip
+    lapa[30:32, 14:26] = 9  # lower lip
+    Image.fromarray(lapa).save(tmp_path / "a.png")
+    truth = read_truth(tmp_path / "a.png", "lapa")
+    assert truth[12, 10] == 5 and truth[12, 28] == 4  # CelebAMask-HQ: 4 = subject's left = image right
+    assert truth[22, 20] == 2 and truth[29, 20] == 11 and truth[31, 20] == 12 and truth[6, 6] == 1

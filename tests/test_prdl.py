@@ -5,9 +5,11 @@ import pytest
 import torch
 from toys import toy_part_sets
 
+from fit3dmm.losses import Frame
 from fit3dmm.losses.parts import mask_points
 from fit3dmm.losses.prdl import PRDL, anchor_grid, descriptors
-from fit3dmm.target import CropTransform, brow_tangent_line, make_target
+from fit3dmm.models.facemodel import PART_NAMES
+from fit3dmm.target import CropTransform, FitTarget, brow_tangent_line, make_target
 
 
 def test_descriptors_match_direct_computation():
@@ -20,7 +22,7 @@ def test_descriptors_match_direct_computation():
 
 
 def _toy(**kwargs):
-    return toy_part_sets(PRDL, grid=4, **kwargs)
+    return toy_part_sets(PRDL, grid=4, area_weighted=False, **kwargs)
 
 
 def test_prdl_is_zero_when_sets_agree_and_positive_otherwise():
@@ -101,7 +103,7 @@ def test_batched_loss_equals_per_part_descriptors():
         part = ids[name][frame.visible[ids[name]]]
         if len(part):
             desc = descriptors(moved[part, :2], loss.anchors)
-            expected = expected + ((desc - loss.target_desc[k]) ** 2).sum(1).mean()
+            expected = expected + loss.weights[k] * ((desc - loss.target_desc[k]) ** 2).sum(1).mean()
     expected.backward()
     assert value.item() == pytest.approx(expected.item(), rel=1e-5)
     assert torch.allclose(grad, moved.grad, atol=1e-5)
@@ -125,3 +127,37 @@ def test_target_preprocessing_cuts_forehead_ears_and_stray_blobs():
     nose = target.part_masks["nose"].numpy()
     assert not nose[20:22, 80:82].any() and nose[50:70, 45:55].all()  # the stray blob dropped, the nose kept
     assert target.face_mask[20, 50]  # the photometric loss still sees the forehead
+
+
+class _UnevenGrid:
+    """Stands in for a FaceModel: one part (the nose) meshed as a grid squeezed towards its left side."""
+
+    def __init__(self, n=12, x0=10.0, x1=50.0, y0=12.0, y1=40.0):
+        t = torch.linspace(0, 1, n)
+        ys, xs = torch.meshgrid(y0 + (y1 - y0) * t, x0 + (x1 - x0) * t**2, indexing="ij")
+        self.mean = torch.stack([xs.ravel(), ys.ravel(), torch.zeros(n * n)], 1)
+        ij = torch.arange(n)
+        a = (ij[:-1, None] * n + ij[None, :-1]).ravel()
+        self.fit_triangles = torch.stack([a, a + 1, a + n, a + 1, a + n + 1, a + n], 1).reshape(-1, 3)
+
+    def part_vertices(self, name):
+        return torch.arange(len(self.mean)) if name == "nose" else torch.zeros(0, dtype=torch.long)
+
+
+def test_area_weighted_mean_matches_an_evenly_covered_target():
+    """Vertices crowded on one side of a part that fills its mask exactly: the plain vertex mean sees the
+    crowd, the area-weighted mean sees the part, so only the latter is near zero at perfect alignment."""
+    model = _UnevenGrid()
+    mask = torch.zeros(64, 64, dtype=torch.bool)
+    mask[12:41, 10:51] = True
+    masks = {name: mask if name == "nose" else torch.zeros_like(mask) for name in PART_NAMES}
+    zeros = torch.zeros(64, 64, dtype=torch.bool)
+    target = FitTarget(image=torch.zeros(64, 64, 3), landmarks68=torch.zeros(68, 2),
+                       labels=np.zeros((64, 64), np.uint8), part_masks=masks, occluded=zeros, face_mask=zeros,
+                       brow_line=None, crop=CropTransform(1.0, (0.0, 0.0), 64))
+    screen = model.mean.clone()
+    visible = torch.ones(len(screen), dtype=torch.bool)
+    frame = Frame(vertices=screen, screen=screen, rotation=torch.eye(3), params={}, visible=visible)
+    plain = PRDL(model, target, grid=4, area_weighted=False)(frame).item()
+    weighted = PRDL(model, target, grid=4)(frame).item()
+    assert weighted < 0.1 * plain

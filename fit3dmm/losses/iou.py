@@ -50,6 +50,9 @@ def triangle_neighbours(triangles: np.ndarray) -> np.ndarray:
 
 @register
 class SoftIoU(Loss):
+    """Sum over parts of 1 - soft IoU. Each fit triangle belongs to the part of its majority corners
+    (:func:`triangle_parts`); parts without a target mask are left out, as in PRDL."""
+
     name = "iou"
     needs_raster = True
     needs_parts = True

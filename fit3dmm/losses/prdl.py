@@ -4,6 +4,13 @@ Each part's point set is described, from a grid of anchors, by the nearest, fart
 from each anchor; the loss is the squared difference of the predicted and target descriptors, averaged
 over anchors and summed over parts. min and max route each anchor's gradient to one point, which moves
 along the line to that anchor until its distance matches the target's (the paper's Eq. 11).
+
+One change to the paper, measured: the mean distance of the predicted set weights each vertex by the
+screen area it stands for. The target's pixels are evenly spaced, the projected vertices are not (mesh
+density, foreshortening), so a plain vertex mean differs from the pixel mean even at perfect alignment
+and pulls the fit away from it. On the tuning photos the weighted mean raised the fit's Part IoU from
+66.9% to 68.7% at each variant's best weight (README, "Comparing losses"); ``area_weighted=False`` gives
+the paper's plain mean.
 """
 
 from __future__ import annotations
@@ -35,6 +42,17 @@ def anchor_grid(size: int, per_side: int, device: torch.device | None = None) ->
     return torch.stack([xx.ravel(), yy.ravel()], 1)
 
 
+def vertex_areas(points: Tensor, triangles: Tensor) -> Tensor:
+    """(V,) a third of the summed areas of each vertex's triangles; points (V, 2) or (V, 3)."""
+    a, b, c = (points[triangles[:, k]] for k in range(3))
+    if points.shape[1] == 2:
+        u, v = b - a, c - a
+        area = 0.5 * (u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0]).abs()
+    else:
+        area = 0.5 * torch.linalg.cross(b - a, c - a).norm(dim=1)
+    return torch.zeros(len(points), device=points.device).index_add_(0, triangles.reshape(-1), area.repeat_interleave(3) / 3)
+
+
 @register
 class PRDL(PartSetLoss):
     """PRDL over all parts at once. The parts' vertices form one array (a contiguous segment per part),
@@ -45,11 +63,25 @@ class PRDL(PartSetLoss):
 
     name = "prdl"
 
-    def __init__(self, model, target, grid: int | None = None, part_weights: dict[str, float] | None = None):
+    def __init__(self, model, target, grid: int | None = None, part_weights: dict[str, float] | None = None,
+                 area_weighted: bool = True):
         super().__init__(model, target, part_weights)
+        self.area_weighted = area_weighted
         self.anchors = anchor_grid(target.size, grid or ANCHOR_GRID, device=target.image.device)
         # (P, A, 3) target descriptors, or None without any part.
         self.target_desc = torch.stack([descriptors(p, self.anchors) for p in self.target_points]) if self.part_names else None
+        if self.area_weighted:
+            tris = model.fit_triangles
+            # 3D area each point stands for over its own one-ring area: 1 for parts using every vertex,
+            # and for the FPS skin subset, which samples the surface evenly, the inverse one-ring area.
+            ring3d = vertex_areas(model.mean, tris)[self.ids]
+            self.area_scale = torch.where(self.is_skin, 1.0 / ring3d.clamp(min=1e-12), torch.ones_like(ring3d))
+
+    def point_weights(self, frame: Frame, kept: Tensor) -> Tensor:
+        """(N',) weight of each kept point in the mean statistic: the screen area it stands for, so the
+        mean over unevenly spaced vertices matches the mean over the mask's evenly spaced pixels."""
+        area = vertex_areas(frame.screen.detach(), self.model.fit_triangles)[self.ids[kept]]
+        return area * self.area_scale[kept]
 
     def __call__(self, frame: Frame) -> Tensor:
         if self.target_desc is None:
@@ -60,8 +92,14 @@ class PRDL(PartSetLoss):
         n_parts = len(self.part_names)
         count = torch.bincount(segment, minlength=n_parts)
         dist = torch.cdist(xy, self.anchors, compute_mode="donot_use_mm_for_euclid_dist")  # (N, A)
-        mean = torch.zeros(n_parts, dist.shape[1], device=xy.device).index_add_(0, segment, dist)
-        mean = mean / count.clamp(min=1)[:, None]
+        if self.area_weighted:
+            w = self.point_weights(frame, kept)
+            mean = torch.zeros(n_parts, dist.shape[1], device=xy.device).index_add_(0, segment, dist * w[:, None])
+            total = torch.zeros(n_parts, device=xy.device).index_add_(0, segment, w)
+            mean = mean / total.clamp(min=1e-12)[:, None]
+        else:
+            mean = torch.zeros(n_parts, dist.shape[1], device=xy.device).index_add_(0, segment, dist)
+            mean = mean / count.clamp(min=1)[:, None]
         present = torch.nonzero(count).squeeze(1).tolist()
         bounds = torch.cat([count.new_zeros(1), count.cumsum(0)]).tolist()
         with torch.no_grad():
