@@ -51,7 +51,8 @@ def main() -> None:
 @click.option("--loss", type=click.Choice([*SEGMENTATION_LOSSES, "none"]), default="prdl", show_default=True,
               help="Segmentation loss of the final stage; 'none' for landmark + photometric only.")
 @click.option("--mode", type=click.Choice(MODES), default="full", show_default=True,
-              help="full: with the landmark and photometric terms; seg-only: the segmentation loss alone after a landmark rigid fit.")
+              help="full: with the landmark and photometric terms; seg-only: the segmentation loss alone "
+                   "after a landmark rigid fit.")
 @click.option("--seg-weight", type=float, help="Weight of the segmentation loss (default: the loss's tuned weight, see README).")
 @click.option("--model", default="ict", show_default=True, help="Installed model name or path to a model .npz.")
 @click.option("--segmenter", type=click.Choice(sorted(SEGMENTERS)), default="parser", show_default=True,
@@ -163,16 +164,18 @@ def _eval_options(command):
                      help="Output folder (rerunning continues where it stopped)."),
         click.option("--mode", type=click.Choice(MODES), default="full", show_default=True,
                      help="full: with the landmark and photometric terms; seg-only: the segmentation loss alone."),
-        click.option("--segmenter", type=click.Choice(sorted(SEGMENTERS)), default="parser", show_default=True),
+        click.option("--segmenter", type=click.Choice(sorted(SEGMENTERS)), default="parser", show_default=True,
+                     help="Part segmenter for the segmentation loss's target."),
         click.option("--format", "fmt", type=click.Choice(["celebamask", "lapa"]), default="celebamask", show_default=True,
                      help="Label ids of DATA's masks."),
         click.option("--split", type=click.Choice(["all", "val", "train"]), default="all", show_default=True,
                      help="Keep one hash split of DATA (see README, 'Evaluation')."),
         click.option("--skip", default=0, show_default=True, help="Leave out the first N photos (after --split)."),
         click.option("--limit", type=int, help="Score at most N photos (after --skip)."),
-        click.option("--model", default="ict", show_default=True),
-        click.option("--device", default="auto", show_default=True),
-        click.option("--iterations", default=FULL_ITERATIONS, show_default=True),
+        click.option("--model", default="ict", show_default=True, help="Installed model name or path to a model .npz."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--iterations", default=FULL_ITERATIONS, show_default=True,
+                     help="Iterations of the final stage (seg-only: the segmentation stage has 60 more)."),
         click.option("--overwrite", is_flag=True, help="Start afresh instead of continuing."),
     ]
     for option in reversed(options):
