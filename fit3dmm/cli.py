@@ -184,8 +184,8 @@ def _eval_options(command):
 
 
 def _run_evaluation(data, out, specs, mode, segmenter, fmt, split, skip, limit, model, device, iterations, overwrite,
-                    subfolders: bool) -> dict:
-    """Fit and score DATA with each (loss, weight) spec; returns run name -> summary."""
+                    subfolders: bool) -> tuple[dict, list[str]]:
+    """Fit and score DATA with each (loss, weight) spec; returns (run name -> summary, the selected stems)."""
     from .config import FitConfig
     from .evaluation import evaluate, find_samples, open_run, parse_run_spec, summarize
     from .pipeline import Pipeline
@@ -212,7 +212,8 @@ def _run_evaluation(data, out, specs, mode, segmenter, fmt, split, skip, limit, 
     for name, failed in failures.items():
         for stem, message in failed:
             console.print(f"[red]failed[/red] {stem} ({name}): {message}")
-    return {name: summarize(folder, failures[name]) for name, (_, folder) in runs.items()}
+    stems = [sample.stem for sample in samples]
+    return {name: summarize(folder, stems, failures[name]) for name, (_, folder) in runs.items()}, stems
 
 
 def _cell(stats: dict) -> str:
@@ -231,8 +232,9 @@ def eval_cmd(data, out, mode, segmenter, fmt, split, skip, limit, model, device,
     from .report import iou_chart
 
     spec = loss if seg_weight is None else f"{loss}@{seg_weight:g}"
-    summary = _run_evaluation(data, out, [spec], mode, segmenter, fmt, split, skip, limit, model, device, iterations,
-                              overwrite, subfolders=False)[spec]
+    summaries, _ = _run_evaluation(data, out, [spec], mode, segmenter, fmt, split, skip, limit, model, device, iterations,
+                                   overwrite, subfolders=False)
+    summary = summaries[spec]
     iou_chart(out / "chart.png", {spec: summary}, f"--loss {spec} --mode {mode}, {summary['photos']} photos")
     table = Table(title=f"Part IoU %, --loss {spec} --mode {mode}, {summary['photos']} photos of {data}")
     for col in ("part", "mean ± std", "photos"):
@@ -266,8 +268,8 @@ def compare(data, out, mode, segmenter, fmt, split, skip, limit, model, device, 
     specs = [s.strip() for s in losses.split(",") if s.strip()]
     if not specs or len(set(specs)) != len(specs):
         _fail("--losses needs distinct, comma-separated names")
-    summaries = _run_evaluation(data, out, specs, mode, segmenter, fmt, split, skip, limit, model, device, iterations,
-                                overwrite, subfolders=True)
+    summaries, selected = _run_evaluation(data, out, specs, mode, segmenter, fmt, split, skip, limit, model, device,
+                                          iterations, overwrite, subfolders=True)
     write_compare(out, summaries)
     n = min(s["photos"] for s in summaries.values())
     iou_chart(out / "compare.png", summaries, f"--mode {mode}, {n} photos")
@@ -278,7 +280,7 @@ def compare(data, out, mode, segmenter, fmt, split, skip, limit, model, device, 
     for spec, summary in summaries.items():
         table.add_row(spec, *(_cell(summary["part_iou"][p]) for p in (*IOU_PARTS, "mean")))
     Console().print(table)
-    stems = sorted(set.intersection(*({p.stem for p in (out / spec / "labels").glob("*.png")} for spec in specs)))[:6]
+    stems = [s for s in selected if all((out / spec / "labels" / f"{s}.png").is_file() for spec in specs)][:6]
     rows = []
     for stem in stems:
         record = json.loads((out / specs[0] / "images" / f"{stem}.json").read_text())

@@ -16,6 +16,7 @@ scored photo, written atomically: its presence means done, so a rerun skips it),
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -179,11 +180,14 @@ def evaluate(pipeline, samples: list[Sample], runs: dict[str, tuple[FitConfig, P
     return failures
 
 
-def summarize(folder: Path, failures: list[tuple[str, str]] = ()) -> dict:
-    """Rebuild metrics.csv, landmarks.csv and summary.json of a run folder from its records; returns the
-    summary: per part mean, std and count over the photos where the part occurs, 'mean' (mean of the
-    part means; its std is over the per-photo means), NME statistics, photos scored, failures."""
-    records = {p.stem: json.loads(p.read_text()) for p in sorted((folder / "images").glob("*.json"))}
+def summarize(folder: Path, stems: list[str], failures: list[tuple[str, str]] = ()) -> dict:
+    """Rebuild metrics.csv, landmarks.csv and summary.json of a run folder from the records of ``stems``
+    (the photos selected this time; an earlier, larger selection's records stay but are not counted);
+    returns the summary: per part mean, std and count over the photos where the part occurs, 'mean'
+    (mean of the part means; its std is over the per-photo means), NME statistics, photos scored,
+    failures."""
+    files = [folder / "images" / f"{stem}.json" for stem in stems]
+    records = {p.stem: json.loads(p.read_text()) for p in files if p.is_file()}
     rows = [(stem, part, r["iou"][part]) for stem, r in records.items() for part in IOU_PARTS]
     iou_rows = ((s, p, "" if v is None else f"{v:.6f}") for s, p, v in rows)
     write_text(folder / "metrics.csv", _csv([("image", "part", "iou"), *iou_rows]))
@@ -193,7 +197,8 @@ def summarize(folder: Path, failures: list[tuple[str, str]] = ()) -> dict:
     table = table.reshape(-1, len(IOU_PARTS))
     parts = {p: _stats(table[:, k]) for k, p in enumerate(IOU_PARTS)}
     per_photo = np.nanmean(table, axis=1) if len(table) else np.array([])
-    mean = {"mean": float(np.mean([s["mean"] for s in parts.values()])) if records else None,
+    part_means = [s["mean"] for s in parts.values() if s["mean"] is not None]
+    mean = {"mean": float(np.mean(part_means)) if part_means else None,
             "std": _stats(per_photo)["std"], "n": len(records)}
     summary = {
         "photos": len(records),
@@ -213,8 +218,6 @@ def _stats(values: np.ndarray) -> dict:
 
 
 def _csv(rows) -> str:
-    import io
-
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(rows)
     return buf.getvalue()

@@ -78,6 +78,10 @@ def test_eval_rerun_skips_done_photos_and_refuses_another_configuration(data, ev
     rerun = CliRunner().invoke(main, ["eval", str(data), "-o", str(out), *SHORT])
     assert rerun.exit_code == 1  # the broken photo is retried and fails again
     assert {p: p.stat().st_mtime_ns for p in (out / "images").glob("*.json")} == records
+    # A smaller selection is summarized alone; the other records stay.
+    first = CliRunner().invoke(main, ["eval", str(data), "-o", str(out), "--limit", "1", *SHORT])
+    assert first.exit_code == 0 and json.loads((out / "summary.json").read_text())["photos"] == 1
+    assert len(list((out / "images").glob("*.json"))) == 3
     other = CliRunner().invoke(main, ["eval", str(data), "-o", str(out), "--loss", "chamfer", *SHORT])
     assert other.exit_code == 1 and "another configuration" in other.output and "Traceback" not in other.output
 
