@@ -318,6 +318,28 @@ def import_ict_cmd(src, name, out, no_parts) -> None:
     console.print(f"installed model '{name}' ({data.n_vertices} vertices, {len(data.triangles)} triangles, {parts}) at {path}")
 
 
+@model.command("convert-bfm")
+@click.option("--bfm", "bfm", required=True, type=click.Path(path_type=Path), help="01_MorphableModel.mat of the BFM 2009.")
+@click.option("--exp", "exp", required=True, type=click.Path(path_type=Path), help="Exp_Pca.bin (Guo et al.'s expression basis).")
+@click.option("--index", "index", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder with Deep3DFaceRecon's BFM_exp_idx.mat, BFM_front_idx.mat, facemodel_info.mat, std_exp.txt.")
+@click.option("--name", default="bfm", show_default=True)
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), help="Write here instead of the install folder.")
+def convert_bfm_cmd(bfm, exp, index, name, out) -> None:
+    """Convert the Basel Face Model 2009 as Deep3DFaceRecon does (35,709 vertices; 80 identity, 64
+    expression, 80 albedo components) and install it as NAME."""
+    from .models import install_dir, save_model
+    from .models.bfm import convert_bfm
+
+    try:
+        data = convert_bfm(bfm, exp, index, name=name)
+        path = save_model(data, out or install_dir() / f"{name}.npz")
+    except (Fit3dmmError, OSError) as e:
+        _fail(str(e))
+    console.print(f"installed model '{name}' ({data.n_vertices} vertices, {len(data.triangles)} triangles, "
+                  f"[yellow]without part annotation[/yellow]: run `fit3dmm model annotate {name} ...`) at {path}")
+
+
 @model.command("list")
 def list_cmd() -> None:
     """Show installed models and where they are."""
@@ -336,6 +358,23 @@ def list_cmd() -> None:
                       str(0 if d.albedo_basis is None else len(d.albedo_basis)), "yes" if d.has_parts else "no", str(path))
     Console().print(table)
     console.print("search path: " + ", ".join(str(p) for p in search_path()))
+
+
+@model.command("show")
+@click.argument("model_name")
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG to write.")
+def show_cmd(model_name, out) -> None:
+    """Render MODEL's mean shape from three sides with its parts and 68 landmarks, to check an annotation by eye."""
+    from .evaluation import write_png
+    from .models import FaceModel, load_model, resolve_model
+    from .report import model_views
+
+    try:
+        model = FaceModel(load_model(resolve_model(model_name)))
+        write_png(out, model_views(model))
+    except (Fit3dmmError, OSError) as e:
+        _fail(str(e))
+    console.print(f"wrote {out}")
 
 
 @model.command("annotate")

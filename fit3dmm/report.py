@@ -1,4 +1,4 @@
-"""Pictures of evaluation results: bar charts of Part IoU (matplotlib) and the compare grid."""
+"""Pictures: bar charts of Part IoU (matplotlib), the compare grid, and a model's annotated views."""
 
 from __future__ import annotations
 
@@ -80,3 +80,58 @@ def compare_grid(rows: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]
         cells += [_cell(colourize(photo, fitted[r]), box) for r in runs]
         lines.append(np.concatenate(cells, axis=1))
     return np.concatenate(lines, axis=0)
+
+
+#: Views of `fit3dmm model show`: yaw in degrees (the subject turning to its left, front, right).
+SHOW_YAWS = (-60.0, 0.0, 60.0)
+
+
+def model_views(model, size: int = 360) -> np.ndarray:
+    """The mean shape from three sides (:data:`SHOW_YAWS`), each pixel coloured by its part (grey where
+    unlabelled, shaded by a light at the camera), visible 68 landmarks as red dots numbered every 5th,
+    and a legend: the check-by-eye of a model's annotation. ``model`` is a FaceModel."""
+
+    from .camera import Camera
+    from .models.facemodel import PART_CELEBA_IDS
+    from .outputs import PART_COLOURS, legend
+    from .render import rasterize, vertex_normals, vertex_visibility
+
+    camera = Camera.for_crop(size, 4.53)
+    mean = model.mean
+    lo, hi = mean.min(0).values, mean.max(0).values
+    centre = (lo + hi) / 2
+    depth = camera.depth_for_width(float((hi - lo)[:2].max()), 0.8 * size)
+    tris = model.triangles
+    parts = model.parts.cpu().numpy()
+    to_label = np.zeros(len(PART_CELEBA_IDS) + 1, np.uint8)
+    to_label[: len(PART_CELEBA_IDS)] = PART_CELEBA_IDS
+    palette = np.full((256, 3), 200, np.float32)  # unlabelled: grey
+    for label, rgb in PART_COLOURS.items():
+        palette[label] = rgb
+    views, shown = [], np.zeros(1, np.uint8)
+    for yaw in SHOW_YAWS:
+        angles = mean.new_tensor([0.0, np.radians(yaw), 0.0])
+        cam = camera.to_camera(mean - centre, angles, mean.new_tensor([0.0, 0.0, depth]))
+        screen = camera.project(cam)
+        frags = rasterize(screen, tris, size, size)
+        normals = vertex_normals(cam, tris)
+        tri = frags.tri_id.cpu().numpy()
+        covered = tri >= 0
+        corner = tris.cpu().numpy()[tri[covered], frags.bary.cpu().numpy()[covered].argmax(1)]
+        labels = to_label[parts[corner]]
+        n = (frags.bary[..., None] * normals[tris[frags.tri_id.clamp(min=0)]]).sum(-2).cpu().numpy()[covered]
+        shade = 0.25 + 0.75 * np.clip(-n[:, 2] / (np.linalg.norm(n, axis=1) + 1e-12), 0, 1)
+        colour = palette[labels]
+        image = np.full((size, size, 3), 255, np.uint8)
+        image[covered] = (colour * (0.5 + 0.5 * shade[:, None])).clip(0, 255).astype(np.uint8)
+        visible = vertex_visibility(screen, tris, frags, normals).cpu().numpy()
+        points = screen[model.landmarks68, :2].cpu().numpy()
+        for k, (lm, (x, y)) in enumerate(zip(model.landmarks68.tolist(), points)):
+            if visible[lm]:
+                cv2.circle(image, (int(round(x)), int(round(y))), 2, (220, 0, 0), -1, cv2.LINE_AA)
+                if k % 5 == 0:
+                    cv2.putText(image, str(k + 1), (int(x) + 3, int(y) - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.3, (120, 0, 0), 1)
+        cv2.putText(image, f"yaw {yaw:+.0f}", (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        views.append(image)
+        shown = np.union1d(shown, labels)
+    return np.concatenate([*views, legend(shown.reshape(1, -1), size)], axis=1)

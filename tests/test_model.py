@@ -112,3 +112,24 @@ def test_import_rejects_incomplete_folder(tmp_path):
     (tmp_path / "vertex_indices.json").write_text('{"expressions": []}')
     with pytest.raises(ModelError):
         import_ict(tmp_path)
+
+
+def test_model_show_draws_three_views_with_parts_and_a_legend(tmp_path):
+    import cv2
+    from click.testing import CliRunner
+
+    from fit3dmm.cli import main
+    from fit3dmm.outputs import PART_COLOURS
+
+    result = CliRunner().invoke(main, ["model", "show", "ict", "-o", str(tmp_path / "ict.png")])
+    assert result.exit_code == 0, result.output
+    image = cv2.cvtColor(cv2.imread(str(tmp_path / "ict.png")), cv2.COLOR_BGR2RGB)
+    assert image.shape == (360, 3 * 360 + 160, 3)
+    front = image[:, 360:720].reshape(-1, 3)
+    # The front view shows the nose and both eyes in their part colours (shaded, so compare hue roughly).
+    for label in (2, 4, 5):
+        colour = np.array(PART_COLOURS[label], float)
+        shaded = front.astype(float) / (np.linalg.norm(front, axis=1, keepdims=True) + 1e-9)
+        assert (shaded @ (colour / np.linalg.norm(colour)) > 0.995).sum() > 20
+    bad = CliRunner().invoke(main, ["model", "show", "nosuchmodel", "-o", str(tmp_path / "x.png")])
+    assert bad.exit_code == 1 and "not found" in bad.output and not (tmp_path / "x.png").exists()

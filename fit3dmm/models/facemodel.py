@@ -128,9 +128,15 @@ def save_model(data: ModelData, path: str | os.PathLike) -> Path:
 
 
 def load_model(path: str | os.PathLike) -> ModelData:
+    """A native ``.npz``, or the Basel Face Model as Deep3DFaceRecon's ``BFM_model_front.mat`` or
+    3DDFA-V3's ``face_model.npy`` (converted on the fly, see :mod:`fit3dmm.models.bfm`)."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"face model file not found: {path}")
+    if path.suffix in (".mat", ".npy"):
+        from .bfm import load_3ddfa_v3, load_deep3d_front
+
+        return (load_deep3d_front if path.suffix == ".mat" else load_3ddfa_v3)(path, name=path.stem)
     try:
         with np.load(path, allow_pickle=False) as z:
             if "format" not in z.files or str(z["format"]) != FORMAT:

@@ -14,6 +14,8 @@ from pathlib import Path
 from ..errors import ModelError
 
 DEFAULT_MODEL = "ict"
+#: Files --model may name directly: native models, Deep3DFaceRecon's BFM_model_front.mat, 3DDFA-V3's face_model.npy.
+MODEL_SUFFIXES = (".npz", ".mat", ".npy")
 
 
 def install_dir() -> Path:
@@ -40,7 +42,7 @@ def installed_models() -> dict[str, Path]:
 
 def resolve_model(name_or_path: str) -> Path:
     p = Path(name_or_path).expanduser()
-    if p.suffix == ".npz" and p.is_file():
+    if p.suffix in MODEL_SUFFIXES and p.is_file():
         return p
     models = installed_models()
     if name_or_path in models:
