@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -11,7 +10,13 @@ from pathlib import Path
 import click
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 # OpenMP's default spin-waiting made every parallel torch op ~25x slower on the 2-core VMs we measured
@@ -185,7 +190,7 @@ def _eval_options(command):
 
 def _run_evaluation(data, out, specs, mode, segmenter, fmt, split, skip, limit, model, device, iterations, overwrite,
                     subfolders: bool) -> tuple[dict, list[str]]:
-    """Fit and score DATA with each (loss, weight) spec; returns (run name -> summary, the selected stems)."""
+    """Fit and score DATA with each (loss, weight) spec; returns (run name -> summary, the selected samples)."""
     from .config import FitConfig
     from .evaluation import evaluate, find_samples, open_run, parse_run_spec, summarize
     from .pipeline import Pipeline
@@ -213,7 +218,7 @@ def _run_evaluation(data, out, specs, mode, segmenter, fmt, split, skip, limit, 
         for stem, message in failed:
             console.print(f"[red]failed[/red] {stem} ({name}): {message}")
     stems = [sample.stem for sample in samples]
-    return {name: summarize(folder, stems, failures[name]) for name, (_, folder) in runs.items()}, stems
+    return {name: summarize(folder, stems, failures[name]) for name, (_, folder) in runs.items()}, samples
 
 
 def _cell(stats: dict) -> str:
@@ -258,11 +263,9 @@ def eval_cmd(data, out, mode, segmenter, fmt, split, skip, limit, model, device,
 def compare(data, out, mode, segmenter, fmt, split, skip, limit, model, device, iterations, overwrite, losses) -> None:
     """Fit every photo of DATA with each loss and compare their Part IoU: OUT/<loss>/ (as eval),
     OUT/compare.csv, compare.png and grid.png."""
-    import cv2
-
-    from .evaluation import read_truth, write_compare, write_png
+    from .evaluation import grid_rows, write_compare
     from .metrics import IOU_PARTS
-    from .pipeline import load_image
+    from .outputs import write_png
     from .report import compare_grid, iou_chart
 
     specs = [s.strip() for s in losses.split(",") if s.strip()]
@@ -280,13 +283,7 @@ def compare(data, out, mode, segmenter, fmt, split, skip, limit, model, device, 
     for spec, summary in summaries.items():
         table.add_row(spec, *(_cell(summary["part_iou"][p]) for p in (*IOU_PARTS, "mean")))
     Console().print(table)
-    stems = [s for s in selected if all((out / spec / "labels" / f"{s}.png").is_file() for spec in specs)][:6]
-    rows = []
-    for stem in stems:
-        record = json.loads((out / specs[0] / "images" / f"{stem}.json").read_text())
-        mask = next(p for p in (data / "masks", data / "labels") if p.is_dir()) / f"{stem}.png"
-        fitted = {spec: cv2.imread(str(out / spec / "labels" / f"{stem}.png"), cv2.IMREAD_UNCHANGED) for spec in specs}
-        rows.append((load_image(record["image"]), read_truth(mask, fmt), fitted))
+    rows = grid_rows(selected, {spec: out / spec for spec in specs}, fmt)
     if rows:
         write_png(out / "grid.png", compare_grid(rows))
     console.print(f"results in {out}")
@@ -365,8 +362,8 @@ def list_cmd() -> None:
 @click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG to write.")
 def show_cmd(model_name, out) -> None:
     """Render MODEL's mean shape from three sides with its parts and 68 landmarks, to check an annotation by eye."""
-    from .evaluation import write_png
     from .models import FaceModel, load_model, resolve_model
+    from .outputs import write_png
     from .report import model_views
 
     try:

@@ -18,9 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -32,6 +30,7 @@ from .config import FitConfig
 from .datasets import fix_left_right, image_mask_pairs, read_mask, read_pts, split_pairs
 from .errors import Fit3dmmError, InputError
 from .metrics import IOU_PARTS, landmark_nme, part_iou
+from .outputs import fitted_labels, write_png, write_text
 
 FORMATS = ("celebamask", "lapa")
 #: LaPa ids (0 background, 1 skin, 2/3 brows, 4/5 eyes, 6 nose, 7 upper lip, 8 inner mouth, 9 lower lip,
@@ -79,31 +78,6 @@ def read_truth(path: Path, fmt: str) -> np.ndarray:
     return fix_left_right(labels)
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through ``write(temporary path)`` and rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text(path: Path, text: str) -> None:
-    write_atomic(path, lambda p: p.write_text(text))
-
-
-def write_png(path: Path, image: np.ndarray) -> None:
-    """uint8 (H, W) labels or (H, W, 3) RGB."""
-    def write(p: Path) -> None:
-        if not cv2.imwrite(str(p), image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-            raise OSError(f"cannot write {path}")
-    write_atomic(path, write)
-
-
 def open_run(folder: Path, config: FitConfig, data: Path, fmt: str, overwrite: bool = False) -> None:
     """Make ``folder`` ready for a run of ``config`` on ``data``: new, emptied (``overwrite``), or
     holding earlier results of the same configuration, which a rerun continues."""
@@ -128,8 +102,6 @@ def done(folder: Path, stem: str) -> bool:
 def score_fit(output, truth: np.ndarray, pts: Path | None) -> tuple[dict, np.ndarray]:
     """(record, fitted label map) of one fit: Part IoU per part (None where neither map has it) and the
     68-landmark NME (None without a .pts file)."""
-    from .outputs import fitted_labels
-
     fitted = fitted_labels(output)
     if fitted.shape != truth.shape:
         raise InputError(f"mask size {truth.shape[::-1]} differs from the photo's {fitted.shape[::-1]}")
@@ -242,4 +214,21 @@ def write_compare(out: Path, summaries: dict[str, dict]) -> list[dict]:
     fmt = lambda v: "" if v is None else f"{v:.6f}"  # noqa: E731
     write_text(out / "compare.csv", _csv([("run", "part", "mean", "std", "n"),
                                           *((r["run"], r["part"], fmt(r["mean"]), fmt(r["std"]), r["n"]) for r in rows)]))
+    return rows
+
+
+def grid_rows(samples: list[Sample], folders: dict[str, Path], fmt: str, n: int = 6) -> list[tuple]:
+    """The rows of compare's grid image: (photo, human labels, run -> fitted labels) for the first ``n``
+    samples every run has fitted."""
+    from .pipeline import load_image
+
+    rows = []
+    for sample in samples:
+        paths = {run: folder / "labels" / f"{sample.stem}.png" for run, folder in folders.items()}
+        if not all(p.is_file() for p in paths.values()):
+            continue
+        fitted = {run: cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for run, p in paths.items()}
+        rows.append((load_image(sample.image), read_truth(sample.mask, fmt), fitted))
+        if len(rows) == n:
+            break
     return rows

@@ -69,10 +69,9 @@ def render_photo(output: FitOutput) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return tri, bary, normals
 
 
-def fitted_label_map(output: FitOutput, tri: np.ndarray, bary: np.ndarray) -> np.ndarray:
-    """(H, W) uint8 CelebAMask-HQ ids of the visible fitted parts: each covered pixel takes the part of
-    its triangle's corner nearest to it (largest barycentric)."""
-    model = output.fitter.model
+def part_label_map(model, tri: np.ndarray, bary: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 CelebAMask-HQ ids of a rasterized FaceModel's parts: each covered pixel takes the part
+    of its triangle's corner nearest to it (largest barycentric); 0 where uncovered or unlabelled."""
     triangles = model.triangles.cpu().numpy()
     to_celeba = np.zeros(len(PART_NAMES) + 1, dtype=np.uint8)
     to_celeba[: len(PART_NAMES)] = PART_CELEBA_IDS  # index -1 (unlabelled) maps to the last entry, 0
@@ -84,20 +83,25 @@ def fitted_label_map(output: FitOutput, tri: np.ndarray, bary: np.ndarray) -> np
     return labels
 
 
+def camera_light(model, tri: np.ndarray, bary: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """(N,) brightness of the N covered pixels lit by a light at the camera, 0.2 to 0.95, from the
+    interpolated camera-frame vertex normals (V, 3)."""
+    covered = tri >= 0
+    n = np.einsum("nk,nkc->nc", bary[covered], normals[model.triangles.cpu().numpy()[tri[covered]]])
+    n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12
+    return 0.2 + 0.75 * np.clip(-n[:, 2], 0, 1)
+
+
 def fitted_labels(output: FitOutput) -> np.ndarray:
     """(H, W) uint8 label map of the visible fitted parts at the photo's resolution."""
     tri, bary, _ = render_photo(output)
-    return fitted_label_map(output, tri, bary)
+    return part_label_map(output.fitter.model, tri, bary)
 
 
 def shaded_overlay(output: FitOutput, tri: np.ndarray, bary: np.ndarray, normals: np.ndarray) -> np.ndarray:
     """The fitted surface shaded grey by a light at the camera, blended onto the photo (RGB uint8)."""
-    model = output.fitter.model
-    triangles = model.triangles.cpu().numpy()
     covered = tri >= 0
-    n = np.einsum("nk,nkc->nc", bary[covered], normals[triangles[tri[covered]]])
-    n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12
-    shade = (0.2 + 0.75 * np.clip(-n[:, 2], 0, 1))[:, None] * np.array([235, 225, 215])
+    shade = camera_light(output.fitter.model, tri, bary, normals)[:, None] * np.array([235, 225, 215])
     out = output.observation.image.astype(np.float32)
     out[covered] = OVERLAY_ALPHA * shade + (1 - OVERLAY_ALPHA) * out[covered]
     return out.clip(0, 255).astype(np.uint8)
@@ -223,12 +227,36 @@ def _write_png(path: Path, rgb_or_labels: np.ndarray) -> None:
         raise OSError(f"cannot write {path}")
 
 
+def write_atomic(path: Path, write) -> None:
+    """Write one file through ``write(temporary path)`` (same folder, same suffix), then rename it into
+    place: a crash never leaves it half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    write_atomic(path, lambda p: p.write_text(text))
+
+
+def write_png(path: Path, rgb_or_labels: np.ndarray) -> None:
+    """uint8 (H, W) labels or (H, W, 3) RGB, atomically."""
+    write_atomic(path, lambda p: _write_png(p, rgb_or_labels))
+
+
 def write_result(output: FitOutput, folder: str | os.PathLike, source: str, overwrite: bool = False) -> Path:
     """Write all output files of one fit into ``folder``, atomically. Raises FileExistsError if the
     folder exists and ``overwrite`` is False."""
     with _atomic_folder(folder, overwrite) as tmp:
         tri, bary, normals = render_photo(output)
-        fitted = fitted_label_map(output, tri, bary)
+        fitted = part_label_map(output.fitter.model, tri, bary)
         mesh = mesh_files(output)
         mesh.export(tmp / "mesh.obj", include_texture=False)
         mesh.export(tmp / "mesh.ply")

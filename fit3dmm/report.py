@@ -19,7 +19,7 @@ def iou_chart(path: Path, summaries: dict[str, dict], title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .evaluation import write_atomic
+    from .outputs import write_atomic
 
     parts = (*IOU_PARTS, "mean")
     x = np.arange(len(parts))
@@ -92,8 +92,7 @@ def model_views(model, size: int = 360) -> np.ndarray:
     and a legend: the check-by-eye of a model's annotation. ``model`` is a FaceModel."""
 
     from .camera import Camera
-    from .models.facemodel import PART_CELEBA_IDS
-    from .outputs import PART_COLOURS, legend
+    from .outputs import PART_COLOURS, camera_light, legend, part_label_map
     from .render import rasterize, vertex_normals, vertex_visibility
 
     camera = Camera.for_crop(size, 4.53)
@@ -101,10 +100,6 @@ def model_views(model, size: int = 360) -> np.ndarray:
     lo, hi = mean.min(0).values, mean.max(0).values
     centre = (lo + hi) / 2
     depth = camera.depth_for_width(float((hi - lo)[:2].max()), 0.8 * size)
-    tris = model.triangles
-    parts = model.parts.cpu().numpy()
-    to_label = np.zeros(len(PART_CELEBA_IDS) + 1, np.uint8)
-    to_label[: len(PART_CELEBA_IDS)] = PART_CELEBA_IDS
     palette = np.full((256, 3), 200, np.float32)  # unlabelled: grey
     for label, rgb in PART_COLOURS.items():
         palette[label] = rgb
@@ -113,18 +108,15 @@ def model_views(model, size: int = 360) -> np.ndarray:
         angles = mean.new_tensor([0.0, np.radians(yaw), 0.0])
         cam = camera.to_camera(mean - centre, angles, mean.new_tensor([0.0, 0.0, depth]))
         screen = camera.project(cam)
-        frags = rasterize(screen, tris, size, size)
-        normals = vertex_normals(cam, tris)
-        tri = frags.tri_id.cpu().numpy()
+        frags = rasterize(screen, model.triangles, size, size)
+        normals = vertex_normals(cam, model.triangles)
+        tri, bary = frags.tri_id.cpu().numpy(), frags.bary.cpu().numpy()
         covered = tri >= 0
-        corner = tris.cpu().numpy()[tri[covered], frags.bary.cpu().numpy()[covered].argmax(1)]
-        labels = to_label[parts[corner]]
-        n = (frags.bary[..., None] * normals[tris[frags.tri_id.clamp(min=0)]]).sum(-2).cpu().numpy()[covered]
-        shade = 0.25 + 0.75 * np.clip(-n[:, 2] / (np.linalg.norm(n, axis=1) + 1e-12), 0, 1)
-        colour = palette[labels]
+        labels = part_label_map(model, tri, bary)
+        light = camera_light(model, tri, bary, normals.cpu().numpy())
         image = np.full((size, size, 3), 255, np.uint8)
-        image[covered] = (colour * (0.5 + 0.5 * shade[:, None])).clip(0, 255).astype(np.uint8)
-        visible = vertex_visibility(screen, tris, frags, normals).cpu().numpy()
+        image[covered] = (palette[labels[covered]] * (0.5 + 0.5 * light[:, None])).clip(0, 255).astype(np.uint8)
+        visible = vertex_visibility(screen, model.triangles, frags, normals).cpu().numpy()
         points = screen[model.landmarks68, :2].cpu().numpy()
         for k, (lm, (x, y)) in enumerate(zip(model.landmarks68.tolist(), points)):
             if visible[lm]:

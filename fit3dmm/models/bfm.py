@@ -43,7 +43,9 @@ def _loadmat(path: Path, keys: dict[str, tuple | None]) -> dict:
         raise ModelError(f"{path}: no such file")
     try:
         mat = loadmat(path)
-    except (OSError, ValueError, NotImplementedError) as e:
+    except NotImplementedError as e:  # scipy's answer to MATLAB v7.3 (HDF5) files
+        raise ModelError(f"{path}: a MATLAB v7.3 file, which scipy cannot read; re-save it with save(..., '-v7')") from e
+    except (OSError, ValueError) as e:
         raise ModelError(f"{path}: not a readable .mat file ({e})") from e
     for key, shape in keys.items():
         if key not in mat:
