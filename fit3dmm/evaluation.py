@@ -31,6 +31,7 @@ from .datasets import fix_left_right, image_mask_pairs, read_mask, read_pts, spl
 from .errors import Fit3dmmError, InputError
 from .metrics import IOU_PARTS, landmark_nme, part_iou
 from .outputs import fitted_labels, write_png, write_text
+from .pipeline import load_image
 
 FORMATS = ("celebamask", "lapa")
 #: LaPa ids (0 background, 1 skin, 2/3 brows, 4/5 eyes, 6 nose, 7 upper lip, 8 inner mouth, 9 lower lip,
@@ -121,8 +122,6 @@ def evaluate(pipeline, samples: list[Sample], runs: dict[str, tuple[FitConfig, P
     """Fit and score every sample with every run (name -> (config, folder prepared by :func:`open_run`)),
     skipping what is done. Perception and the target are computed once per photo for all runs. Returns
     the failures per run: (stem, message); a failure never stops the others."""
-    from .pipeline import load_image
-
     fitters = {name: pipeline.make_fitter(config) for name, (config, _) in runs.items()}
     failures: dict[str, list[tuple[str, str]]] = {name: [] for name in runs}
     for i, sample in enumerate(samples):
@@ -220,8 +219,6 @@ def write_compare(out: Path, summaries: dict[str, dict]) -> list[dict]:
 def grid_rows(samples: list[Sample], folders: dict[str, Path], fmt: str, n: int = 6) -> list[tuple]:
     """The rows of compare's grid image: (photo, human labels, run -> fitted labels) for the first ``n``
     samples every run has fitted."""
-    from .pipeline import load_image
-
     rows = []
     for sample in samples:
         paths = {run: folder / "labels" / f"{sample.stem}.png" for run, folder in folders.items()}
