@@ -59,7 +59,8 @@ def main() -> None:
               help="full: with the landmark and photometric terms; seg-only: the segmentation loss alone "
                    "after a landmark rigid fit.")
 @click.option("--seg-weight", type=float, help="Weight of the segmentation loss (default: the loss's tuned weight, see README).")
-@click.option("--model", default="ict", show_default=True, help="Installed model name, or a path to a model .npz, BFM_model_front.mat or face_model.npy.")
+@click.option("--model", default="ict", show_default=True,
+              help="Installed model name, or a path to a model .npz, BFM_model_front.mat or face_model.npy.")
 @click.option("--segmenter", type=click.Choice(sorted(SEGMENTERS)), default="parser", show_default=True,
               help="Part segmenter for the segmentation loss's target.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -177,7 +178,8 @@ def _eval_options(command):
                      help="Keep one hash split of DATA (see README, 'Evaluation')."),
         click.option("--skip", default=0, show_default=True, help="Leave out the first N photos (after --split)."),
         click.option("--limit", type=int, help="Score at most N photos (after --skip)."),
-        click.option("--model", default="ict", show_default=True, help="Installed model name, or a path to a model .npz, BFM_model_front.mat or face_model.npy."),
+        click.option("--model", default="ict", show_default=True,
+                     help="Installed model name, or a path to a model .npz, BFM_model_front.mat or face_model.npy."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--iterations", default=FULL_ITERATIONS, show_default=True,
                      help="Iterations of the final stage (seg-only: the segmentation stage has 60 more)."),
