@@ -14,9 +14,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from fit3dmm.config import FitConfig, Stage, default_stages  # noqa: E402
+from fit3dmm.files import read_image  # noqa: E402
 from fit3dmm.losses import Frame, Loss, register  # noqa: E402
 from fit3dmm.outputs import write_result  # noqa: E402
-from fit3dmm.pipeline import Pipeline, load_image  # noqa: E402
+from fit3dmm.pipeline import Pipeline  # noqa: E402
 
 
 @register
@@ -40,7 +41,7 @@ def main(photo: str, out: str) -> None:
     full = stages[-1]
     stages[-1] = Stage(full.name, full.iterations, full.lrs, full.losses + (("symmetry", 1e-3),))
     pipeline = Pipeline(FitConfig(stages=tuple(stages)))
-    result = pipeline.fit(load_image(photo))
+    result = pipeline.fit(read_image(photo))
     write_result(result, out, photo, overwrite=True)
     print(result.result.stage_losses["full"])
 

@@ -12,8 +12,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see README: before torch 
 
 from fit3dmm.config import LANDMARK_WEIGHT, PRDL_WEIGHT, REG_WEIGHT, FitConfig, Stage, default_stages  # noqa: E402
 from fit3dmm.errors import Fit3dmmError  # noqa: E402
+from fit3dmm.files import collect_images, read_image  # noqa: E402
 from fit3dmm.outputs import write_result  # noqa: E402
-from fit3dmm.pipeline import Pipeline, collect_images, load_image  # noqa: E402
+from fit3dmm.pipeline import Pipeline  # noqa: E402
 
 
 def main(photos: str, out: str) -> None:
@@ -27,7 +28,7 @@ def main(photos: str, out: str) -> None:
     pipeline = Pipeline(FitConfig(stages=(rigid, shape, geometry)))
     for path in collect_images([photos]):
         try:
-            result = pipeline.fit(load_image(path), progress=None)
+            result = pipeline.fit(read_image(path), progress=None)
         except Fit3dmmError as e:
             print(f"{path}: {e}")
             continue

@@ -23,13 +23,14 @@ from rich.table import Table  # noqa: E402
 
 from .config import FitConfig  # noqa: E402
 from .datasets import image_mask_pairs, read_pts, split_pairs  # noqa: E402
+from .files import read_image  # noqa: E402
 from .losses import SEGMENTATION_LOSSES, make_loss  # noqa: E402
 from .metrics import IOU_PARTS, landmark_nme, mean_part_iou  # noqa: E402
 from .models import FaceModel  # noqa: E402
 from .models.ict import import_ict  # noqa: E402
 from .parser.train import locate_faces, score  # noqa: E402
 from .perception.segmentation import LandmarkPolygonSegmenter  # noqa: E402
-from .pipeline import Pipeline, load_image  # noqa: E402
+from .pipeline import Pipeline  # noqa: E402
 from .render import rasterize  # noqa: E402
 
 LANDMARK_PHOTOS = ("image_0001", "image_0010", "breakingbad", "einstein", "lenna", "takeo")
@@ -59,7 +60,7 @@ def main() -> None:
     photos = sorted((shared / "data" / "photos").iterdir())[: args.photos]
     stage_times: dict[str, list[float]] = {}
     for photo in photos:
-        out = pipeline.fit(load_image(photo))
+        out = pipeline.fit(read_image(photo))
         for k, v in out.timings.items():
             stage_times.setdefault(k, []).append(v)
     table = Table(title=f"full fit, default settings, median over {len(photos)} photos of shared/data/photos")
@@ -105,7 +106,7 @@ def main() -> None:
 
     # The parser per face, end to end (crop, network, labels back in the photo), on the timed photos.
     face_parser = pipeline.segmenter  # the default segmenter
-    observed = [pipeline.observe(load_image(photo)) for photo in photos]
+    observed = [pipeline.observe(read_image(photo)) for photo in photos]
     parse_ms = statistics.median(
         median_ms(lambda o=o: face_parser.segment(o.image, o.mesh), runs=10) for o in observed
     )
@@ -125,7 +126,7 @@ def main() -> None:
     nmes = {}
     for name in LANDMARK_PHOTOS:
         image = next((shared / "data" / "landmarks-68").glob(f"{name}.*[gp]"))
-        out = pipeline.fit(load_image(image))
+        out = pipeline.fit(read_image(image))
         fitted = out.target.crop.to_photo(out.result.landmarks68.numpy())
         truth = read_pts(image.with_suffix(".pts"))
         nmes[name] = (landmark_nme(out.observation.landmarks68, truth), landmark_nme(fitted, truth))

@@ -25,7 +25,7 @@ from rich.table import Table
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .config import FULL_ITERATIONS, MODES  # noqa: E402
-from .errors import Fit3dmmError  # noqa: E402
+from .errors import Fit3dmmError, InputError  # noqa: E402
 from .losses import SEGMENTATION_LOSSES  # noqa: E402
 from .perception.segmentation import SEGMENTERS  # noqa: E402
 
@@ -37,10 +37,18 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
-def _progress() -> Progress:
+def _message(error: Exception) -> str:
+    """An error in words: OSError's '[Errno 17] File exists: ...' as 'PATH: File exists'."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    return str(error)
+
+
+def _progress(transient: bool = False) -> Progress:
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), console=console, transient=False,
+        TimeElapsedColumn(), console=console, transient=transient,
+        disable=not console.is_terminal,  # in logs and pipes a live bar is noise (and a stray blank line)
     )
 
 
@@ -70,18 +78,20 @@ def main() -> None:
 def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_index, iterations, overwrite) -> None:
     """Fit each INPUT (an image, or a folder of images) and write OUT/<stem>/."""
     from .config import FitConfig
+    from .files import check_output_dir, collect_images, read_image
     from .outputs import write_result
-    from .pipeline import Pipeline, collect_images, load_image
+    from .pipeline import Pipeline
 
     images = collect_images(list(inputs))
     if not images:
         _fail("no images found in the inputs")
     try:
+        check_output_dir(out)
         config = FitConfig.create(loss=loss, iterations=iterations, seg_weight=seg_weight, mode=mode, model=model,
                                   segmenter=segmenter, device=device, face_index=face_index)
         pipeline = Pipeline(config)
     except (Fit3dmmError, ValueError) as e:
-        _fail(str(e))
+        _fail(_message(e))
 
     def process(path, target_dir, bar):
         stage_task = bar.add_task("", total=1, info="")
@@ -92,7 +102,7 @@ def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_inde
                        info=" ".join(f"{k}={v:.3g}" for k, v in p.losses.items()))
 
         try:
-            write_result(pipeline.fit(load_image(path), on_progress), target_dir, str(path), overwrite=overwrite)
+            write_result(pipeline.fit(read_image(path), on_progress), target_dir, str(path), overwrite=overwrite)
         finally:
             bar.remove_task(stage_task)
 
@@ -101,17 +111,18 @@ def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_inde
 
 def _batch(command: str, images: list[Path], out: Path, overwrite: bool, process) -> None:
     """Run ``process(path, OUT/<stem>, progress bar)`` on each image: a failure is reported in one line
-    and the batch goes on; a summary table at the end; exit status 1 if any image failed."""
+    and the batch goes on; a summary table at the end (a single failed input: its line alone); exit
+    status 1 if any image failed."""
     failed: list[tuple[Path, str]] = []
     done: list[tuple[Path, float]] = []
     stems: set[str] = set()
-    with _progress() as bar:
+    with _progress(transient=True) as bar:
         overall = bar.add_task("images", total=len(images), info="")
         for path in images:
             target_dir = out / path.stem
             t0 = time.perf_counter()
             if path.stem in stems:
-                failed.append((path, f"another input already wrote {target_dir}"))
+                failed.append((path, f"another input has the same name (both would write {target_dir})"))
             elif target_dir.exists() and not overwrite:
                 failed.append((path, f"{target_dir} exists (use --overwrite)"))
             else:
@@ -120,9 +131,13 @@ def _batch(command: str, images: list[Path], out: Path, overwrite: bool, process
                     process(path, target_dir, bar)
                     done.append((path, time.perf_counter() - t0))
                 except (Fit3dmmError, OSError) as e:
-                    failed.append((path, str(e)))
-                    console.print(f"[red]failed[/red] {path}: {e}")
+                    failed.append((path, _message(e)))
+                    if len(images) > 1:
+                        message = failed[-1][1]
+                        console.print(f"[red]failed[/red] {message if message.startswith(str(path)) else f'{path}: {message}'}")
             bar.advance(overall)
+    if len(images) == 1 and failed:
+        _fail(failed[0][1])
     table = Table(title=f"fit3dmm {command}: {len(done)} done, {len(failed)} failed")
     table.add_column("image")
     table.add_column("result")
@@ -144,19 +159,21 @@ def _batch(command: str, images: list[Path], out: Path, overwrite: bool, process
 def parse(inputs, out, weights, device, overwrite) -> None:
     """Segment the face parts of each INPUT (an image, or a folder of images): OUT/<stem>/labels.png
     (CelebAMask-HQ ids) and overlay.png. Every face in a photo is parsed."""
+    from .files import check_output_dir, collect_images, read_image
     from .outputs import write_parse_result
-    from .pipeline import ParsePipeline, collect_images, load_image
+    from .pipeline import ParsePipeline
 
     images = collect_images(list(inputs))
     if not images:
         _fail("no images found in the inputs")
     try:
+        check_output_dir(out)
         pipeline = ParsePipeline(device=device, weights=weights)
     except Fit3dmmError as e:
-        _fail(str(e))
+        _fail(_message(e))
 
     def process(path, target_dir, bar):
-        image = load_image(path)
+        image = read_image(path)
         write_parse_result(image, pipeline.parse(image), target_dir, overwrite=overwrite)
 
     _batch("parse", images, out, overwrite, process)
@@ -195,9 +212,11 @@ def _run_evaluation(data, out, specs, mode, segmenter, fmt, split, skip, limit, 
     """Fit and score DATA with each (loss, weight) spec; returns (run name -> summary, the selected samples)."""
     from .config import FitConfig
     from .evaluation import evaluate, find_samples, open_run, parse_run_spec, summarize
+    from .files import check_output_dir
     from .pipeline import Pipeline
 
     try:
+        check_output_dir(out)
         samples = find_samples(data, fmt, split, skip, limit)
         runs = {}
         for spec in specs:
@@ -211,7 +230,7 @@ def _run_evaluation(data, out, specs, mode, segmenter, fmt, split, skip, limit, 
             runs[spec] = (config, folder)
         pipeline = Pipeline(next(iter(runs.values()))[0])
     except (Fit3dmmError, ValueError, OSError) as e:
-        _fail(str(e))
+        _fail(_message(e))
     with _progress() as bar:
         task = bar.add_task("fitting", total=len(samples), info="")
         failures = evaluate(pipeline, samples, runs, fmt,
@@ -311,8 +330,8 @@ def import_ict_cmd(src, name, out, no_parts) -> None:
     try:
         data = import_ict(src, name=name, with_parts=not no_parts)
         path = save_model(data, out or install_dir() / f"{name}.npz")
-    except Fit3dmmError as e:
-        _fail(str(e))
+    except (Fit3dmmError, OSError) as e:
+        _fail(_message(e))
     parts = "with part annotation" if data.has_parts else "[yellow]without part annotation[/yellow]"
     console.print(f"installed model '{name}' ({data.n_vertices} vertices, {len(data.triangles)} triangles, {parts}) at {path}")
 
@@ -334,7 +353,7 @@ def convert_bfm_cmd(bfm, exp, index, name, out) -> None:
         data = convert_bfm(bfm, exp, index, name=name)
         path = save_model(data, out or install_dir() / f"{name}.npz")
     except (Fit3dmmError, OSError) as e:
-        _fail(str(e))
+        _fail(_message(e))
     console.print(f"installed model '{name}' ({data.n_vertices} vertices, {len(data.triangles)} triangles, "
                   f"[yellow]without part annotation[/yellow]: run `fit3dmm model annotate {name} ...`) at {path}")
 
@@ -372,7 +391,7 @@ def show_cmd(model_name, out) -> None:
         model = FaceModel(load_model(resolve_model(model_name)))
         write_png(out, model_views(model))
     except (Fit3dmmError, OSError) as e:
-        _fail(str(e))
+        _fail(_message(e))
     console.print(f"wrote {out}")
 
 
@@ -386,15 +405,21 @@ def show_cmd(model_name, out) -> None:
 def annotate_cmd(model_name, images, masks, limit, check, export) -> None:
     """Label MODEL's vertices with parts by voting on labelled photos (CelebAMask-HQ layout), and save it into the model."""
     from .datasets import image_mask_pairs, split_pairs
+    from .files import check_output_dir
     from .models import PART_NAMES, FaceModel, load_model, resolve_model, save_model
     from .models.annotate import annotate, apply_annotation, score_annotation
+    from .outputs import write_atomic
 
     try:
         path = resolve_model(model_name)
         data = load_model(path)
         pairs = image_mask_pairs(images, masks)
+        if export:  # checked now rather than after the voting
+            if export.is_dir():
+                raise InputError(f"--export {export} is a folder; name a .npz file")
+            check_output_dir(export.parent)
     except Fit3dmmError as e:
-        _fail(str(e))
+        _fail(_message(e))
     train = split_pairs(pairs, "train")[:limit]
     val = split_pairs(pairs, "val")[:check]
     with _progress() as bar:
@@ -403,10 +428,13 @@ def annotate_cmd(model_name, images, masks, limit, check, export) -> None:
     for image, message in result.failures:
         console.print(f"[yellow]skipped[/yellow] {image}: {message}")
     annotated = apply_annotation(data, result, f"fit3dmm model annotate on {result.photos_used} photos of {images}")
-    save_model(annotated, path)
-    if export:
-        export.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(export, parts=result.parts.astype(np.int8), skin_subset=result.skin_subset.astype(np.int32))
+    try:
+        save_model(annotated, path)
+        if export:
+            write_atomic(export, lambda tmp: np.savez_compressed(tmp, parts=result.parts.astype(np.int8),
+                                                                 skin_subset=result.skin_subset.astype(np.int32)))
+    except OSError as e:
+        _fail(_message(e))
     counts = {name: int((result.parts == k).sum()) for k, name in enumerate(PART_NAMES)}
     console.print(f"voted on {result.photos_used} photos; vertices per part: {counts}")
     if val:
@@ -452,7 +480,7 @@ def parser_train_cmd(data, out, epochs, batch_size, lr, prior, seed, limit, val_
                              limit=limit, val_limit=val_limit, device=str(resolve_device(device)))
         out.parent.mkdir(parents=True, exist_ok=True)
     except (Fit3dmmError, OSError) as e:
-        _fail(str(e))
+        _fail(_message(e))
 
     def on_epoch(record):
         val = record["val_iou"]
@@ -471,5 +499,5 @@ def parser_train_cmd(data, out, epochs, batch_size, lr, prior, seed, limit, val_
         try:
             record = train(data, out, config, resume=resume, on_epoch=on_epoch, on_stage=on_stage)
         except (Fit3dmmError, OSError) as e:
-            _fail(str(e))
+            _fail(_message(e))
     console.print(f"wrote {out} (validation IoU {record['val_iou']['mean']:.4f})")

@@ -11,9 +11,9 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .errors import InputError
+from .files import check_file, open_image, reason
 
 #: CelebAMask-HQ label ids -> names (l_ = the subject's left).
 LABEL_NAMES = {
@@ -50,13 +50,10 @@ def fix_left_right(labels: np.ndarray) -> np.ndarray:
 def read_mask(path: str | Path) -> np.ndarray:
     """(H, W) uint8 label ids. Pillow, not OpenCV: CelebAMask-HQ masks are palette PNGs, whose indices
     are the labels, and OpenCV would expand them to the palette's colours."""
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("P", "L"):
-                raise InputError(f"{path}: not a single-channel label image (mode {im.mode})")
-            return np.asarray(im, dtype=np.uint8)
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: unreadable label image ({e})") from e
+    with open_image(path) as im:
+        if im.mode not in ("P", "L"):
+            raise InputError(f"{path}: not a single-channel label image (mode {im.mode})")
+        return np.asarray(im, dtype=np.uint8)
 
 
 def image_mask_pairs(images: str | Path, masks: str | Path) -> list[tuple[Path, Path]]:
@@ -82,8 +79,11 @@ def split_pairs(pairs: list[tuple[Path, Path]], split: str) -> list[tuple[Path, 
 def read_pts(path: str | Path) -> np.ndarray:
     """A 300-W ``.pts`` file -> (N, 2) float points, 0-based (the files are 1-based)."""
     try:
-        text = Path(path).read_text()
+        text = check_file(Path(path)).read_text()
         body = text[text.index("{") + 1 : text.index("}")]
-        return np.array(body.split(), dtype=np.float64).reshape(-1, 2) - 1.0
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: not a readable .pts file ({e})") from e
+        points = np.array(body.split(), dtype=np.float64).reshape(-1, 2) - 1.0
+    except (OSError, ValueError) as e:  # ValueError: no braces, odd count, not numbers, not UTF-8
+        raise InputError(f"{path}: not a readable .pts file ({reason(e)})") from None
+    if not np.isfinite(points).all():
+        raise InputError(f"{path}: not a readable .pts file (non-finite coordinates)")
+    return points

@@ -29,9 +29,9 @@ import numpy as np
 from .config import FitConfig
 from .datasets import fix_left_right, image_mask_pairs, read_mask, read_pts, split_pairs
 from .errors import Fit3dmmError, InputError
+from .files import read_image
 from .metrics import IOU_PARTS, landmark_nme, part_iou
 from .outputs import fitted_labels, write_png, write_text
-from .pipeline import load_image
 
 FORMATS = ("celebamask", "lapa")
 #: LaPa ids (0 background, 1 skin, 2/3 brows, 4/5 eyes, 6 nose, 7 upper lip, 8 inner mouth, 9 lower lip,
@@ -129,7 +129,7 @@ def evaluate(pipeline, samples: list[Sample], runs: dict[str, tuple[FitConfig, P
         if pending:
             try:
                 truth = read_truth(sample.mask, fmt)
-                prepared = pipeline.prepare(load_image(sample.image))
+                prepared = pipeline.prepare(read_image(sample.image))
             except Fit3dmmError as e:
                 for name in pending:
                     failures[name].append((sample.stem, str(e)))
@@ -225,7 +225,7 @@ def grid_rows(samples: list[Sample], folders: dict[str, Path], fmt: str, n: int 
         if not all(p.is_file() for p in paths.values()):
             continue
         fitted = {run: cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for run, p in paths.items()}
-        rows.append((load_image(sample.image), read_truth(sample.mask, fmt), fitted))
+        rows.append((read_image(sample.image), read_truth(sample.mask, fmt), fitted))
         if len(rows) == n:
             break
     return rows

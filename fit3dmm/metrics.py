@@ -34,13 +34,13 @@ def mean_part_iou(pipeline, pairs: list, progress: Callable[[int, int, str], Non
     """Fit each (image, mask) pair with ``pipeline`` and average the part IoU of the visible fitted parts
     against the human mask (left/right by image position): per part of IOU_PARTS, and 'mean' over them.
     Photos that fail (no face) are skipped."""
+    from .files import read_image
     from .outputs import fitted_labels
-    from .pipeline import load_image
 
     rows = []
     for i, (image_path, mask_path) in enumerate(pairs):
         try:
-            out = pipeline.fit(load_image(image_path))
+            out = pipeline.fit(read_image(image_path))
             truth = fix_left_right(read_mask(mask_path))
         except Fit3dmmError:
             continue

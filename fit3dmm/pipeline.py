@@ -6,7 +6,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -21,8 +20,6 @@ from .perception.landmarks import FaceMeshPredictor, to_ibug68
 from .perception.segmentation import make_segmenter
 from .target import CropTransform, FitTarget, make_target
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -31,17 +28,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda was asked for, but torch sees no CUDA device")
     return device
-
-
-def load_image(path: str | Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB; grey and RGBA images are converted. Raises InputError if unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # decodes grey and alpha images to 3 channels
-    if image is None:
-        raise InputError(f"{path}: not a readable image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 @dataclass
@@ -155,14 +141,3 @@ class ParsePipeline:
         if not meshes:
             raise NoFaceError("no face found")
         return self.parser.segment_faces(image, meshes)
-
-
-def collect_images(inputs: list[str | Path]) -> list[Path]:
-    """Expand folders (non-recursively) into their image files; keep files as given, in order."""
-    out: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            out.extend(sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
-        else:
-            out.append(item)
-    return out

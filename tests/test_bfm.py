@@ -87,6 +87,14 @@ def test_conversion_refuses_wrong_inputs(stand_ins, index_dir, tmp_path):
                                        "-o", str(tmp_path / "x.npz")])
     assert result.exit_code == 1 and "truncated" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "x.npz").exists()
+    # The user's 01_MorphableModel.mat cut short (as a broken download is): one line, nothing written.
+    with open(stand_ins / "01_MorphableModel.mat", "rb") as src, open(tmp_path / "cut.mat", "wb") as dst:
+        dst.write(src.read(100_000_000))
+    result = CliRunner().invoke(main, ["model", "convert-bfm", "--bfm", str(tmp_path / "cut.mat"), "--exp",
+                                       str(stand_ins / "Exp_Pca.bin"), "--index", str(index_dir), "-o", str(tmp_path / "x.npz")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.output.strip().splitlines() == [result.output.strip()] and "cut.mat: not a readable .mat" in result.output
+    assert not (tmp_path / "x.npz").exists()
 
 
 def test_converted_formats_load_to_the_same_model(converted, tmp_path):
@@ -160,11 +168,12 @@ def _face_like(data, landmarks_3d):
 
 def test_fit_runs_on_a_bfm_topology_model_with_its_albedo_basis(converted, shared_dir):
     from fit3dmm.config import FitConfig
-    from fit3dmm.pipeline import Pipeline, load_image
+    from fit3dmm.files import read_image
+    from fit3dmm.pipeline import Pipeline
 
     landmarks_3d = loadmat(shared_dir / "models" / "bfm-deep3d-index" / "similarity_Lm3D_all.mat")["lm"]
     model = FaceModel(_face_like(converted, landmarks_3d))
-    photo = load_image(shared_dir / "data" / "photos" / "000050.jpg")
+    photo = read_image(shared_dir / "data" / "photos" / "000050.jpg")
     out = Pipeline(FitConfig.create(loss="none", iterations=5), model).fit(photo)
     params = out.result.params
     assert params["albedo"].shape == (80,) and params["albedo"].abs().sum() > 0  # the photometric loss moved the basis

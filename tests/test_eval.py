@@ -21,7 +21,8 @@ SHORT = ["--iterations", "10"]
 def data(shared_dir, tmp_path_factory):
     """Two CelebAMask-HQ photos with their masks, a photo with hand-placed landmarks (.pts beside it; its
     mask from the parser), and a broken image."""
-    from fit3dmm.pipeline import ParsePipeline, load_image
+    from fit3dmm.files import read_image
+    from fit3dmm.pipeline import ParsePipeline
 
     root = tmp_path_factory.mktemp("data")
     (root / "images").mkdir()
@@ -33,7 +34,7 @@ def data(shared_dir, tmp_path_factory):
     photo = shared_dir / "data" / "landmarks-68" / "image_0010.png"
     shutil.copy(photo, root / "images")
     shutil.copy(photo.with_suffix(".pts"), root / "images")
-    Image.fromarray(ParsePipeline(device="cpu").parse(load_image(photo))).save(root / "masks" / "image_0010.png")
+    Image.fromarray(ParsePipeline(device="cpu").parse(read_image(photo))).save(root / "masks" / "image_0010.png")
     (root / "images" / "broken.jpg").write_text("not an image")
     shutil.copy(celeba / "masks" / f"{CELEBA[0]}.png", root / "masks" / "broken.png")
     return root

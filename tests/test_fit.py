@@ -5,9 +5,10 @@ import pytest
 
 from fit3dmm.config import FitConfig
 from fit3dmm.datasets import fix_left_right, read_mask, read_pts
+from fit3dmm.files import read_image
 from fit3dmm.metrics import IOU_PARTS, landmark_nme, part_iou
 from fit3dmm.outputs import fitted_labels
-from fit3dmm.pipeline import Pipeline, load_image
+from fit3dmm.pipeline import Pipeline
 
 #: Photos with hand-placed landmarks. breakingbad (strong head turn) and einstein (an 84-pixel face)
 #: are left to the benchmark to keep the suite short.
@@ -28,7 +29,7 @@ def pipeline(ict_model):
 @pytest.mark.parametrize("name", LANDMARK_PHOTOS)
 def test_fitted_landmarks_match_hand_placed(pipeline, shared_dir, name):
     photo = shared_dir / "data" / "landmarks-68" / name
-    out = pipeline.fit(load_image(photo))
+    out = pipeline.fit(read_image(photo))
     fitted = out.target.crop.to_photo(out.result.landmarks68.numpy())
     truth = read_pts(photo.with_suffix(".pts"))
     assert landmark_nme(fitted, truth) < MAX_FIT_NME
@@ -36,7 +37,7 @@ def test_fitted_landmarks_match_hand_placed(pipeline, shared_dir, name):
 
 def _celeba_pair(shared_dir, stem):
     root = shared_dir / "data" / "celebamask-hq"
-    return load_image(root / "images" / f"{stem}.jpg"), fix_left_right(read_mask(root / "masks" / f"{stem}.png"))
+    return read_image(root / "images" / f"{stem}.jpg"), fix_left_right(read_mask(root / "masks" / f"{stem}.png"))
 
 
 def test_prdl_moves_fitted_parts_towards_target(ict_model, shared_dir):

@@ -63,7 +63,7 @@ def test_save_load_round_trip(ict, tmp_path):
 
 
 def test_load_rejects_missing_and_foreign_files(tmp_path):
-    with pytest.raises(ModelError, match="not found"):
+    with pytest.raises(ModelError, match="nope.npz: no such file"):
         load_model(tmp_path / "nope.npz")
     np.savez(tmp_path / "foreign.npz", a=np.zeros(3))
     with pytest.raises(ModelError, match="not a fit3dmm model"):

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from fit3dmm.cli import main
 from fit3dmm.datasets import fix_left_right, read_mask, split_of
+from fit3dmm.files import read_image
 from fit3dmm.metrics import IOU_PARTS, part_iou
 from fit3dmm.parser.align import AlignedCrop
 from fit3dmm.parser.inference import FaceParser, crops_for, mirror_input, mirror_logits
@@ -18,7 +19,6 @@ from fit3dmm.parser.train import TrainConfig, locate_faces, train, training_samp
 from fit3dmm.perception.detector import FaceDetector
 from fit3dmm.perception.landmarks import FaceMeshPredictor
 from fit3dmm.perception.segmentation import LandmarkPolygonSegmenter
-from fit3dmm.pipeline import load_image
 
 VAL_PHOTO = "00f3cdb789584cd59706977dcb122a3f"  # in the validation split: the parser never trained on it
 #: Bound on the shipped parser's mean part IoU (7 parts) on VAL_PHOTO: it measured 0.82 there (validation
@@ -34,7 +34,7 @@ def celeba(shared_dir):
 
 @pytest.fixture(scope="module")
 def val_face(celeba):
-    image = load_image(celeba / "images" / f"{VAL_PHOTO}.jpg")
+    image = read_image(celeba / "images" / f"{VAL_PHOTO}.jpg")
     mesh = FaceMeshPredictor().predict(image, FaceDetector().detect(image)[0])
     return image, fix_left_right(read_mask(celeba / "masks" / f"{VAL_PHOTO}.png")), mesh
 
@@ -120,9 +120,9 @@ def test_parse_command_writes_labels_and_goes_on_after_failures(shared_dir, tmp_
     assert result.exit_code == 1
     assert "broken.jpg" in result.output and "Traceback" not in result.output
     labels = read_mask(tmp_path / "out" / "000050" / "labels.png")
-    assert labels.shape == load_image(photo).shape[:2]
+    assert labels.shape == read_image(photo).shape[:2]
     assert {1, 2, 4, 5, 6, 7} <= set(np.unique(labels))
-    overlay = load_image(tmp_path / "out" / "000050" / "overlay.png")
+    overlay = read_image(tmp_path / "out" / "000050" / "overlay.png")
     assert overlay.shape[1] > labels.shape[1]  # the photo plus the legend
     assert not (tmp_path / "out" / "broken").exists()
 

@@ -13,9 +13,9 @@ import pytest
 
 from fit3dmm.datasets import read_mask, read_pts
 from fit3dmm.errors import NoFaceError
+from fit3dmm.files import read_image
 from fit3dmm.perception import MESH_PARTS, Detection, FaceDetector, FaceMeshPredictor, to_ibug68
 from fit3dmm.perception.landmarks import IBUG68_FROM_MESH, MIRROR_PAIRS
-from fit3dmm.pipeline import load_image
 
 LANDMARK_PHOTOS = ["image_0001.png", "image_0010.png", "breakingbad.jpg", "einstein.jpg", "lenna.png", "takeo.png"]
 # CelebAMask-HQ photos with every scored part labelled (no sunglasses, brows visible).
@@ -47,7 +47,7 @@ def face_at(detections: list[Detection], point: np.ndarray) -> Detection:
 def test_detector_finds_lenna(shared_dir, detector):
     folder = shared_dir / "data" / "landmarks-68"
     truth = read_pts(folder / "lenna.pts")
-    detections = detector.detect(load_image(folder / "lenna.png"))
+    detections = detector.detect(read_image(folder / "lenna.png"))
     assert len(detections) == 1
     (face,) = detections
     cx, cy = truth.mean(0)
@@ -84,7 +84,7 @@ def test_ibug68_accuracy(shared_dir, detector, predictor):
     errors = []
     for name in LANDMARK_PHOTOS:
         truth = read_pts(folder / (Path(name).stem + ".pts"))
-        image = load_image(folder / name)
+        image = read_image(folder / name)
         mesh = predictor.predict(image, face_at(detector.detect(image), truth.mean(0)))
         assert mesh.shape == (468, 3) and mesh.dtype == np.float32
         points = to_ibug68(mesh)
@@ -103,7 +103,7 @@ def test_mesh_parts_match_human_masks(shared_dir, detector, predictor):
               "nose": (2,), "up_lip": (11,), "down_lip": (12,)}
     ious = []
     for stem in CELEBA_IDS:
-        image = load_image(folder / "images" / f"{stem}.jpg")
+        image = read_image(folder / "images" / f"{stem}.jpg")
         labels = read_mask(folder / "masks" / f"{stem}.png")
         detections = detector.detect(image)
         assert detections, stem

@@ -12,19 +12,17 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-import torch
 
 from ..config import FitConfig
 from ..datasets import fix_left_right, read_mask
 from ..errors import Fit3dmmError
+from ..files import read_image
 from ..metrics import mean_part_iou
-from ..pipeline import Pipeline, load_image
-from ..sampling import farthest_point_sampling
-from .facemodel import PART_CELEBA_IDS, PART_NAMES, FaceModel, ModelData, with_parts
+from ..pipeline import Pipeline
+from .facemodel import PART_CELEBA_IDS, PART_NAMES, FaceModel, ModelData, skin_subset, with_parts
 
 OTHER = len(PART_NAMES)  # vote slot for any non-part label (background, hair, ears, neck, ...)
 MIN_VOTES = 5
-SKIN_POINTS = 3000
 
 
 def landmark_only_config(base: FitConfig) -> FitConfig:
@@ -53,15 +51,6 @@ def parts_from_votes(votes: np.ndarray, min_votes: int = MIN_VOTES) -> np.ndarra
     return parts.astype(np.int64)
 
 
-def skin_subset(mean: np.ndarray, parts: np.ndarray, k: int = SKIN_POINTS) -> np.ndarray:
-    """The skin vertices PRDL uses, chosen once per model by farthest point sampling on the mean shape."""
-    skin = np.nonzero(parts == PART_NAMES.index("skin"))[0]
-    if len(skin) == 0:
-        return skin
-    pick = farthest_point_sampling(torch.from_numpy(mean[skin]).double(), k).numpy()
-    return np.sort(skin[pick])
-
-
 def annotate(
     model: FaceModel,
     pairs: list,
@@ -80,7 +69,7 @@ def annotate(
     failures, used = [], 0
     for i, (image_path, mask_path) in enumerate(pairs):
         try:
-            image = load_image(image_path)
+            image = read_image(image_path)
             mask = fix_left_right(read_mask(mask_path))
             out = pipeline.fit(image)
         except Fit3dmmError as e:  # one bad photo must not stop the vote

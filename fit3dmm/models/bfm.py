@@ -13,13 +13,15 @@ centimetres, so 10x that. Its albedo is in [0, 255]; fit3dmm's in [0, 1].
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ModelError
+from ..files import check_file, read_mat, read_pickled_arrays, reason
 from .contour import contour_candidates
-from .facemodel import PART_NAMES, ModelData
+from .facemodel import PART_NAMES, ModelData, skin_subset
 
 BFM_VERTICES = 53490  # the original model
 TRIMMED_VERTICES = 53215  # after Deep3DFaceRecon's trimIndex (the expression basis's vertices)
@@ -36,20 +38,13 @@ DDFA_V3_PARTS = ("right_eye", "left_eye", "right_eyebrow", "left_eyebrow", "nose
 
 
 def _loadmat(path: Path, keys: dict[str, tuple | None]) -> dict:
-    """Read a .mat file and check each key's shape (None: any)."""
-    from scipy.io import loadmat
-
-    if not Path(path).is_file():
-        raise ModelError(f"{path}: no such file")
-    try:
-        mat = loadmat(path)
-    except NotImplementedError as e:  # scipy's answer to MATLAB v7.3 (HDF5) files
-        raise ModelError(f"{path}: a MATLAB v7.3 file, which scipy cannot read; re-save it with save(..., '-v7')") from e
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{path}: not a readable .mat file ({e})") from e
+    """Read a .mat file and check that each key holds a numeric array of its shape (None: any)."""
+    mat = read_mat(path)
     for key, shape in keys.items():
         if key not in mat:
             raise ModelError(f"{path}: key '{key}' missing (has {', '.join(k for k in mat if not k.startswith('__'))})")
+        if not isinstance(mat[key], np.ndarray) or mat[key].dtype.kind not in "fiu":
+            raise ModelError(f"{path}: '{key}' is not a numeric array")
         if shape is not None and mat[key].shape != shape:
             raise ModelError(f"{path}: '{key}' has shape {mat[key].shape}, expected {shape}")
     return mat
@@ -57,9 +52,7 @@ def _loadmat(path: Path, keys: dict[str, tuple | None]) -> dict:
 
 def read_exp_pca(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Exp_Pca.bin -> (mean (3·53215,), components (3·53215, 79)), refusing a file of the wrong size."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: no such file")
+    path = check_file(Path(path), ModelError)
     size = path.stat().st_size
     if size != EXP_BIN_BYTES:
         raise ModelError(f"{path}: {size:,} bytes, expected {EXP_BIN_BYTES:,} (truncated or not Exp_Pca.bin)")
@@ -70,6 +63,15 @@ def read_exp_pca(path: Path) -> tuple[np.ndarray, np.ndarray]:
         mean = np.fromfile(f, np.float32, 3 * TRIMMED_VERTICES)
         components = np.fromfile(f, np.float32, EXP_COMPONENTS * 3 * TRIMMED_VERTICES).reshape(EXP_COMPONENTS, -1).T
     return mean, components
+
+
+@contextmanager
+def _malformed(path):
+    """Files with the right keys but wrong contents (shapes, types) fail inside numpy; name the file."""
+    try:
+        yield
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
+        raise ModelError(f"{path}: malformed model data ({reason(e)})") from None
 
 
 def _xyz_rows(vertex_ids: np.ndarray) -> np.ndarray:
@@ -92,9 +94,12 @@ def oriented_outward(triangles: np.ndarray, mean: np.ndarray) -> np.ndarray:
 def _model(name: str, source: str, mean, id_basis, exp_basis, albedo_mean, albedo_basis, triangles, landmarks68,
            parts=None) -> ModelData:
     v = len(mean)
-    triangles = oriented_outward(np.asarray(triangles, np.int64), mean)
+    triangles = np.asarray(triangles, np.int64)
+    if triangles.ndim != 2 or triangles.shape[1] != 3 or not len(triangles):
+        raise ModelError(f"{source}: triangles must be (F, 3), not {triangles.shape}")
     if triangles.min() < 0 or triangles.max() >= v:
         raise ModelError(f"{source}: triangle indices outside 0..{v - 1}")
+    triangles = oriented_outward(triangles, mean)
     landmarks68 = np.asarray(landmarks68, np.int64).ravel()
     if landmarks68.shape != (68,) or landmarks68.min() < 0 or landmarks68.max() >= v:
         raise ModelError(f"{source}: expected 68 landmark vertex ids in 0..{v - 1}")
@@ -113,23 +118,24 @@ def convert_bfm(bfm: str | Path, exp: str | Path, index: str | Path, name: str =
     """Deep3DFaceRecon's conversion: identity = shapePC·shapeEV, expression = expPC·std_exp (both
     scaled as shapes), albedo = texPC·texEV; the first 80/64/80 components; vertices trimIndex[idx]
     of the original model (idx of the expression basis's), both index lists 1-based."""
+    # The small files first, so that a broken one fails before the 0.5 GB model is read.
     index = Path(index)
-    n = 3 * BFM_VERTICES
-    m = _loadmat(Path(bfm), {"shapeMU": (n, 1), "shapePC": (n, 199), "shapeEV": (199, 1),
-                             "texMU": (n, 1), "texPC": (n, 199), "texEV": (199, 1)})
+    _, exp_pc = read_exp_pca(Path(exp))
     trim = _loadmat(index / "BFM_exp_idx.mat", {"trimIndex": (TRIMMED_VERTICES, 1)})["trimIndex"].ravel().astype(np.int64)
     front = _loadmat(index / "BFM_front_idx.mat", {"idx": (FRONT_VERTICES, 1)})["idx"].ravel().astype(np.int64)
     info = _loadmat(index / "facemodel_info.mat", {"tri": None, "keypoints": (1, 68), "point_buf": (FRONT_VERTICES, 8),
                                                     "skinmask": (1, FRONT_VERTICES)})
     try:
-        std_exp = np.loadtxt(index / "std_exp.txt", dtype=np.float64).ravel()
+        std_exp = np.loadtxt(check_file(index / "std_exp.txt", ModelError), dtype=np.float64).ravel()
     except (OSError, ValueError) as e:
-        raise ModelError(f"{index / 'std_exp.txt'}: not readable ({e})") from e
+        raise ModelError(f"{index / 'std_exp.txt'}: not readable ({reason(e)})") from None
     if std_exp.shape != (EXP_COMPONENTS,):
         raise ModelError(f"{index / 'std_exp.txt'}: {std_exp.size} values, expected {EXP_COMPONENTS}")
     if not (1 <= trim.min() and trim.max() <= BFM_VERTICES and 1 <= front.min() and front.max() <= TRIMMED_VERTICES):
         raise ModelError(f"{index}: index files out of range (they are 1-based)")
-    _, exp_pc = read_exp_pca(Path(exp))
+    n = 3 * BFM_VERTICES
+    m = _loadmat(Path(bfm), {"shapeMU": (n, 1), "shapePC": (n, 199), "shapeEV": (199, 1),
+                             "texMU": (n, 1), "texPC": (n, 199), "texEV": (199, 1)})
     exp_ids = front - 1  # into the trimmed model (the expression basis)
     shape_ids = trim[exp_ids] - 1  # into the original model
     rows, exp_rows = _xyz_rows(shape_ids), _xyz_rows(exp_ids)
@@ -145,6 +151,11 @@ def convert_bfm(bfm: str | Path, exp: str | Path, index: str | Path, name: str =
 def load_deep3d_front(path: str | Path, name: str = "bfm") -> ModelData:
     """Deep3DFaceRecon's ``BFM_model_front.mat`` (meanshape, meantex, idBase, exBase, texBase, tri and
     keypoints 1-based)."""
+    with _malformed(path):
+        return _from_deep3d_front(Path(path), name)
+
+
+def _from_deep3d_front(path: Path, name: str) -> ModelData:
     m = _loadmat(Path(path), {"meanshape": None, "meantex": None, "idBase": None, "exBase": None, "texBase": None,
                               "tri": None, "keypoints": None})
     mean = m["meanshape"].reshape(-1, 3) * DEEP3D_TO_CM
@@ -163,26 +174,31 @@ def load_3ddfa_v3(path: str | Path, name: str = "bfm") -> ModelData:
     """3DDFA-V3's ``face_model.npy``: a pickled dict with u, id, exp, u_alb, alb, tri, ldm68 and the
     part annotation (8 vertex lists in the order of :data:`DDFA_V3_PARTS`); 0-based, decimetres, albedo
     in [0, 1]."""
-    try:
-        d = np.load(path, allow_pickle=True).item()
-    except (OSError, ValueError, AttributeError) as e:
-        raise ModelError(f"{path}: not a 3DDFA-V3 face_model.npy ({e})") from e
+    d = read_pickled_arrays(path)
+    if not isinstance(d, dict):
+        raise ModelError(f"{path}: not a 3DDFA-V3 face_model.npy (holds a {type(d).__name__}, not a dict)")
     missing = [k for k in ("u", "id", "exp", "u_alb", "alb", "tri", "ldm68", "annotation") if k not in d]
     if missing:
         raise ModelError(f"{path}: keys {', '.join(missing)} missing")
-    mean = np.asarray(d["u"]).reshape(-1, 3) * DEEP3D_TO_CM
+    with _malformed(path):
+        return _from_3ddfa_v3(path, d, name)
+
+
+def _from_3ddfa_v3(path: Path, d: dict, name: str) -> ModelData:
+    mean = np.asarray(d["u"], np.float64).reshape(-1, 3) * DEEP3D_TO_CM
     v = len(mean)
     if len(d["annotation"]) != len(DDFA_V3_PARTS):
         raise ModelError(f"{path}: 'annotation' has {len(d['annotation'])} lists, expected {len(DDFA_V3_PARTS)}")
     parts = -np.ones(v, np.int64)
     for part, ids in zip(DDFA_V3_PARTS, d["annotation"]):
-        parts[np.asarray(ids, np.int64).ravel()] = PART_NAMES.index(part)
+        ids = np.asarray(ids, np.int64).ravel()
+        if ids.size and (ids.min() < 0 or ids.max() >= v):
+            raise ModelError(f"{path}: 'annotation' lists vertex ids outside 0..{v - 1}")
+        parts[ids] = PART_NAMES.index(part)
     data = _model(name, f"3DDFA-V3 {Path(path).name}", mean,
                   _modes(np.asarray(d["id"]) * DEEP3D_TO_CM, np.asarray(d["id"]).shape[1]),
                   _modes(np.asarray(d["exp"]) * DEEP3D_TO_CM, np.asarray(d["exp"]).shape[1]),
                   np.asarray(d["u_alb"]).reshape(-1, 3), _modes(np.asarray(d["alb"]), np.asarray(d["alb"]).shape[1]),
                   d["tri"], d["ldm68"], parts)
-    from .annotate import skin_subset
-
     data.skin_subset = skin_subset(data.mean, data.parts)
     return data

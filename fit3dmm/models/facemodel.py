@@ -1,6 +1,6 @@
 """The face model: its native file format and the torch module mapping parameters to vertices.
 
-Native format (``*.npz``, written by :func:`save_model`, read by :func:`load_model`):
+Native format (``*.npz``, written by :func:`save_model`, read by :func:`load_native`):
 
 ==================== ================ ==========================================================
 key                  shape / dtype    meaning
@@ -35,8 +35,11 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ModelError
+from ..files import read_npz, reason
+from ..sampling import farthest_point_sampling
 
 FORMAT = "fit3dmm-model/1"
+_ARRAY_KEYS = ("mean", "id_basis", "exp_basis", "triangles", "landmarks68", "contour", "parts", "skin_subset")
 
 #: The paper's eight parts; ``left``/``right`` are the subject's.
 PART_NAMES = (
@@ -51,6 +54,8 @@ PART_NAMES = (
 )
 #: CelebAMask-HQ label id of each part (same order as PART_NAMES).
 PART_CELEBA_IDS = (4, 5, 6, 7, 11, 12, 2, 1)
+#: Size of PRDL's skin sets, on the model (``skin_subset``) and in the target (the paper's 3000).
+SKIN_POINTS = 3000
 
 
 @dataclass
@@ -78,22 +83,40 @@ class ModelData:
         return bool((self.parts >= 0).any())
 
     def validate(self) -> None:
-        v = self.n_vertices
-        checks = [
-            (self.mean.shape == (v, 3), "mean must be (V, 3)"),
-            (self.id_basis.ndim == 3 and self.id_basis.shape[1:] == (v, 3), "id_basis must be (K, V, 3)"),
-            (self.exp_basis.ndim == 3 and self.exp_basis.shape[1:] == (v, 3), "exp_basis must be (K, V, 3)"),
-            (self.triangles.ndim == 2 and self.triangles.shape[1] == 3, "triangles must be (F, 3)"),
-            (self.triangles.size == 0 or (0 <= self.triangles.min() and self.triangles.max() < v),
-             "triangle index out of range"),
-            (self.landmarks68.shape == (68,), "landmarks68 must be (68,)"),
-            (self.contour.ndim == 2 and self.contour.shape[0] == 17, "contour must be (17, L)"),
-            (self.parts.shape == (v,), "parts must be (V,)"),
-            ((self.albedo_mean is None) == (self.albedo_basis is None), "albedo_mean and albedo_basis go together"),
-        ]
-        for ok, message in checks:
+        """Raise ModelError unless every array has its documented shape, a numeric dtype, finite values
+        and in-range indices: model files come from anywhere, and a bad one must fail here, in words."""
+
+        def need(ok: bool, message: str) -> None:
             if not ok:
                 raise ModelError(f"malformed face model: {message}")
+
+        arrays = {k: getattr(self, k) for k in ("mean", "id_basis", "exp_basis", "albedo_mean", "albedo_basis",
+                                                 "triangles", "landmarks68", "contour", "parts", "skin_subset")}
+        for name, a in arrays.items():
+            need(a is None or (isinstance(a, np.ndarray) and a.dtype.kind in "fiu"), f"{name} must be a numeric array")
+        need((self.albedo_mean is None) == (self.albedo_basis is None), "albedo_mean and albedo_basis go together")
+        need(self.mean.ndim == 2 and self.mean.shape[1] == 3 and len(self.mean) > 0, "mean must be (V, 3)")
+        v = len(self.mean)
+        for name in ("id_basis", "exp_basis", "albedo_basis"):
+            a = arrays[name]
+            need(a is None or (a.ndim == 3 and a.shape[1:] == (v, 3)), f"{name} must be (K, V, 3) with V = {v}")
+        need(self.albedo_mean is None or self.albedo_mean.shape == (v, 3), "albedo_mean must be (V, 3)")
+        for name in ("mean", "id_basis", "exp_basis", "albedo_mean", "albedo_basis"):
+            need(arrays[name] is None or bool(np.isfinite(arrays[name]).all()), f"{name} has NaN or infinite values")
+        need(self.triangles.ndim == 2 and self.triangles.shape[1] == 3 and len(self.triangles) > 0,
+             "triangles must be (F, 3)")
+        need(self.landmarks68.shape == (68,), "landmarks68 must be (68,)")
+        need(self.contour.ndim == 2 and self.contour.shape[0] == 17, "contour must be (17, L)")
+        need(self.parts.shape == (v,), "parts must be (V,)")
+        need(self.skin_subset.ndim == 1, "skin_subset must be (S,)")
+        rng = self.meta.get("expression_range")
+        need(rng is None or (isinstance(rng, (list, tuple)) and len(rng) == 2
+                             and all(isinstance(x, (int, float)) for x in rng) and rng[0] < rng[1]),
+             "meta's expression_range must be [low, high]")
+        for name, low, high in (("triangles", 0, v), ("landmarks68", 0, v), ("contour", -1, v),
+                                ("parts", -1, len(PART_NAMES)), ("skin_subset", 0, v)):
+            a = arrays[name]
+            need(a.size == 0 or (low <= a.min() and a.max() < high), f"{name} has values outside {low}..{high - 1}")
 
 
 def save_model(data: ModelData, path: str | os.PathLike) -> Path:
@@ -127,33 +150,42 @@ def save_model(data: ModelData, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_model(path: str | os.PathLike) -> ModelData:
-    """A native ``.npz``, or the Basel Face Model as Deep3DFaceRecon's ``BFM_model_front.mat`` or
-    3DDFA-V3's ``face_model.npy`` (converted on the fly, see :mod:`fit3dmm.models.bfm`)."""
+def load_native(path: str | os.PathLike) -> ModelData:
+    """A native ``.npz`` (see the module docstring), every array checked (:meth:`ModelData.validate`)."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"face model file not found: {path}")
-    if path.suffix in (".mat", ".npy"):
-        from .bfm import load_3ddfa_v3, load_deep3d_front
-
-        return (load_deep3d_front if path.suffix == ".mat" else load_3ddfa_v3)(path, name=path.stem)
+    z = read_npz(path)
+    if "format" not in z or z["format"].shape != () or str(z["format"]) != FORMAT:
+        raise ModelError(f"{path}: not a fit3dmm model (expected format {FORMAT})")
+    missing = [k for k in ("meta", *_ARRAY_KEYS) if k not in z]
+    if missing:
+        raise ModelError(f"{path}: keys {', '.join(missing)} missing")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if "format" not in z.files or str(z["format"]) != FORMAT:
-                raise ModelError(f"{path} is not a fit3dmm model (expected format {FORMAT})")
-            get = lambda k: z[k] if k in z.files else None  # noqa: E731
-            data = ModelData(
-                mean=z["mean"], id_basis=z["id_basis"], exp_basis=z["exp_basis"],
-                triangles=z["triangles"].astype(np.int64), landmarks68=z["landmarks68"].astype(np.int64),
-                contour=z["contour"].astype(np.int64), parts=z["parts"].astype(np.int64),
-                skin_subset=z["skin_subset"].astype(np.int64),
-                albedo_mean=get("albedo_mean"), albedo_basis=get("albedo_basis"),
-                meta=json.loads(str(z["meta"])),
-            )
-    except (OSError, ValueError, KeyError) as e:
-        raise ModelError(f"cannot read face model {path}: {e}") from e
-    data.validate()
+        meta = json.loads(str(z["meta"]))
+        if not isinstance(meta, dict):
+            raise ValueError("meta is not a JSON object")
+        data = ModelData(
+            mean=z["mean"], id_basis=z["id_basis"], exp_basis=z["exp_basis"],
+            triangles=z["triangles"].astype(np.int64), landmarks68=z["landmarks68"].astype(np.int64),
+            contour=z["contour"].astype(np.int64), parts=z["parts"].astype(np.int64),
+            skin_subset=z["skin_subset"].astype(np.int64),
+            albedo_mean=z.get("albedo_mean"), albedo_basis=z.get("albedo_basis"), meta=meta,
+        )
+    except (ValueError, TypeError) as e:  # non-numeric arrays, malformed meta
+        raise ModelError(f"{path}: malformed face model ({reason(e)})") from None
+    try:
+        data.validate()
+    except ModelError as e:
+        raise ModelError(f"{path}: {e}") from None
     return data
+
+
+def skin_subset(mean: np.ndarray, parts: np.ndarray, k: int = SKIN_POINTS) -> np.ndarray:
+    """The skin vertices PRDL uses, chosen once per model by farthest point sampling on the mean shape."""
+    skin = np.nonzero(parts == PART_NAMES.index("skin"))[0]
+    if len(skin) == 0:
+        return skin
+    pick = farthest_point_sampling(torch.from_numpy(mean[skin]).double(), k).numpy()
+    return np.sort(skin[pick])
 
 
 def with_parts(data: ModelData, parts: np.ndarray, skin_subset: np.ndarray) -> ModelData:

@@ -10,13 +10,13 @@ part; closing the lids with eyeBlink_L/R covers them and the z-buffer hides them
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ModelError
+from ..files import read_json, read_npz, reason
 from .contour import contour_candidates
 from .facemodel import ModelData
 
@@ -26,6 +26,7 @@ EYEBALLS = (21451, 24591)
 LICENSE_NOTE = "ICT-FaceKit, MIT licence, (c) USC Institute for Creative Technologies"
 #: Part annotation shipped with the package, produced by `fit3dmm model annotate` (see README).
 PARTS_RESOURCE = "ict_parts.npz"
+_SOURCE_KEYS = ("neutral", "faces", "identity", "expression", "expression_names")
 
 
 def _read_obj_positions(path: Path) -> np.ndarray:
@@ -49,7 +50,7 @@ def _read_obj_faces(path: Path) -> np.ndarray:
 def _load_upstream(folder: Path) -> dict:
     if (folder / "FaceXModel").is_dir():
         folder = folder / "FaceXModel"
-    indices = json.loads((folder / "vertex_indices.json").read_text())
+    indices = read_json(folder / "vertex_indices.json", ModelError)
     neutral_obj = folder / "generic_neutral_mesh.obj"
     identities = sorted(folder.glob("identity[0-9][0-9][0-9].obj"))
     if not neutral_obj.is_file() or not identities:
@@ -72,21 +73,42 @@ def _load_npz(path: Path) -> dict:
     indices_file = path.parent / "vertex_indices.json"
     if not indices_file.is_file():
         raise ModelError(f"{indices_file} not found (it ships beside the npz)")
-    with np.load(path) as z:
-        out = {k: z[k] for k in ("neutral", "faces", "identity", "expression", "expression_names")}
-    out["indices"] = json.loads(indices_file.read_text())
-    return out
+    z = read_npz(path)
+    missing = [k for k in _SOURCE_KEYS if k not in z]
+    if missing:
+        raise ModelError(f"{path}: keys {', '.join(missing)} missing (not ict_facekit_light.npz?)")
+    return {**{k: z[k] for k in _SOURCE_KEYS}, "indices": read_json(indices_file, ModelError)}
 
 
 def load_ict_source(src: str | Path) -> dict:
     src = Path(src)
     try:
         raw = _load_npz(src) if src.is_file() and src.suffix == ".npz" else _load_upstream(src)
-    except (OSError, ValueError, KeyError) as e:
-        raise ModelError(f"cannot read ICT-FaceKit from {src}: {e}") from e
-    if raw["neutral"].shape != (N_VERTICES, 3):
-        raise ModelError(f"expected {N_VERTICES} ICT-FaceKit vertices, got {raw['neutral'].shape[0]}")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"cannot read ICT-FaceKit from {src}: {reason(e)}") from None
+    _check_source(src, raw)
     return raw
+
+
+def _check_source(src: Path, raw: dict) -> None:
+    """Shapes, dtypes and index ranges of what the importer uses, so that a broken source fails here."""
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ModelError(f"{src}: {message}")
+
+    neutral, identity, expression, faces = (np.asarray(raw[k]) for k in ("neutral", "identity", "expression", "faces"))
+    need(neutral.shape == (N_VERTICES, 3), f"expected {N_VERTICES} ICT-FaceKit vertices, got shape {neutral.shape}")
+    for name, a in (("neutral", neutral), ("identity", identity), ("expression", expression)):
+        need(a.dtype.kind in "fiu" and bool(np.isfinite(a).all()), f"{name} must hold finite numbers")
+    need(identity.ndim == 3 and identity.shape[1:] == (N_VERTICES, 3), "identity must be (K, 26719, 3)")
+    need(expression.ndim == 3 and expression.shape[1:] == (N_VERTICES, 3), "expression must be (E, 26719, 3)")
+    need(len(raw["expression_names"]) == len(expression), "one expression name per expression")
+    need(faces.ndim == 2 and faces.shape[1] == 4 and faces.dtype.kind in "iu", "faces must be (F, 4) integers")
+    need(faces.size > 0 and faces.min() >= -1 and faces.max() < N_VERTICES, "face indices out of range")
+    indices = raw["indices"]
+    landmarks = np.asarray(indices.get("idx_to_landmark_verts", []) if isinstance(indices, dict) else [])
+    need(landmarks.shape == (68,) and landmarks.dtype.kind in "iu" and landmarks.min() >= 0
+         and landmarks.max() < N_VERTICES, "vertex_indices.json needs 68 landmark vertex ids (idx_to_landmark_verts)")
 
 
 def _select(faces: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,5 @@
-"""Where installed face models live and how a name resolves to a file.
+"""Where installed face models live, how a name resolves to a file, and loading a file of any
+supported format.
 
 Search order: each folder of ``$FIT3DMM_MODEL_PATH`` (``os.pathsep``-separated), the install folder
 (``$FIT3DMM_MODELS``, else ``$XDG_DATA_HOME/fit3dmm/models``, else ``~/.local/share/fit3dmm/models``),
@@ -12,6 +13,9 @@ import os
 from pathlib import Path
 
 from ..errors import ModelError
+from ..files import check_file
+from .bfm import load_3ddfa_v3, load_deep3d_front
+from .facemodel import ModelData, load_native
 
 DEFAULT_MODEL = "ict"
 #: Files --model may name directly: native models, Deep3DFaceRecon's BFM_model_front.mat, 3DDFA-V3's face_model.npy.
@@ -42,7 +46,7 @@ def installed_models() -> dict[str, Path]:
 
 def resolve_model(name_or_path: str) -> Path:
     p = Path(name_or_path).expanduser()
-    if p.suffix in MODEL_SUFFIXES and p.is_file():
+    if p.suffix in MODEL_SUFFIXES and p.exists():  # a path: load_model says what is wrong with it
         return p
     models = installed_models()
     if name_or_path in models:
@@ -51,3 +55,17 @@ def resolve_model(name_or_path: str) -> Path:
     raise ModelError(
         f"face model '{name_or_path}' not found in {', '.join(str(d) for d in search_path())}.{hint}"
     )
+
+
+def load_model(path: str | os.PathLike) -> ModelData:
+    """A native ``.npz``, or the Basel Face Model as Deep3DFaceRecon's ``BFM_model_front.mat`` or
+    3DDFA-V3's ``face_model.npy`` (converted on the fly, see :mod:`fit3dmm.models.bfm`)."""
+    path = check_file(Path(path), ModelError)
+    if path.suffix not in (".mat", ".npy"):
+        return load_native(path)
+    try:
+        return (load_deep3d_front if path.suffix == ".mat" else load_3ddfa_v3)(path, name=path.stem)
+    except ModelError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise ModelError(f"{path}: {e}") from None

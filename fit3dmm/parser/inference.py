@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ModelError
-from ..perception.segmentation import draw_polygons
+from ..files import read_torch, reason
+from ..perception.polygons import draw_polygons
 from .align import AlignedCrop
 from .network import CLASS_IDS, FLIP_CLASSES, PRIOR_FLIP, ParserNet, network_input
 
@@ -74,15 +74,23 @@ class FaceParser:
     def load(cls, weights: str | os.PathLike | None = None, device: torch.device | str = "cpu") -> "FaceParser":
         """The parser of a weights file (default: the shipped weights)."""
         path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
-        try:
-            doc = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
-            raise ModelError(f"{path}: cannot read parser weights ({e})") from e
-        if not isinstance(doc, dict) or doc.get("format") != WEIGHTS_FORMAT or tuple(doc["class_ids"]) != CLASS_IDS:
+        doc = read_torch(path, what="parser weights")
+        if not isinstance(doc, dict) or doc.get("format") != WEIGHTS_FORMAT:
             raise ModelError(f"{path}: not {WEIGHTS_FORMAT} parser weights")
-        net = ParserNet(prior=bool(doc["prior"]), widths=tuple(doc["widths"]))
-        net.load_state_dict(doc["state_dict"])
-        return cls(net, int(doc["size"]), device, doc.get("meta"))
+        try:
+            if tuple(doc["class_ids"]) != CLASS_IDS:
+                raise ValueError(f"classes {doc['class_ids']}, expected {CLASS_IDS}")
+            widths = tuple(int(w) for w in doc["widths"])
+            if not (2 <= len(widths) <= 8 and all(1 <= w <= 512 for w in widths)):  # bounds what the net allocates
+                raise ValueError(f"layer widths {widths}")
+            net = ParserNet(prior=bool(doc["prior"]), widths=widths)
+            net.load_state_dict(doc["state_dict"])
+            size = int(doc["size"])
+            if not 32 <= size <= 1024:
+                raise ValueError(f"crop size {size}")
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:  # RuntimeError: load_state_dict's mismatch
+            raise ModelError(f"{path}: malformed parser weights ({reason(e)})") from None
+        return cls(net, size, device, doc.get("meta"))
 
     def segment(self, image: np.ndarray, mesh: np.ndarray) -> np.ndarray:
         """image (H, W, 3) uint8 RGB, mesh (468, 2|3) photo pixels -> (H, W) uint8 CelebAMask-HQ ids."""

@@ -22,11 +22,11 @@ import torch.nn.functional as F
 
 from ..datasets import fix_left_right, image_mask_pairs, read_mask, split_pairs
 from ..errors import Fit3dmmError, InputError
+from ..files import read_image, read_torch, reason
 from ..metrics import IOU_PARTS, average_iou, part_iou
 from ..perception.detector import FaceDetector
 from ..perception.landmarks import MIRROR_PERMUTATION, FaceMeshPredictor
-from ..perception.segmentation import draw_polygons
-from ..pipeline import load_image
+from ..perception.polygons import draw_polygons
 from .align import AlignedCrop, similarity
 from .inference import FaceParser, save_weights
 from .network import CELEBA_TO_CLASS, FLIP_CLASSES, ParserNet, network_input
@@ -76,7 +76,7 @@ def locate_faces(data: str | Path, split: str, limit: int = 0, progress: Callabl
     faces = []
     for i, (image_path, mask_path) in enumerate(pairs):
         try:
-            image = load_image(image_path)
+            image = read_image(image_path)
             labels = fix_left_right(read_mask(mask_path))
             found = detector.detect(image)
             if found and labels.shape == image.shape[:2]:
@@ -153,6 +153,8 @@ def train(
     net = ParserNet(prior=config.prior, widths=config.widths).to(device)
     optim = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
+    # Read a checkpoint before the long face location, so that a bad one fails at once.
+    state = _read_checkpoint(ckpt_path, config) if resume and ckpt_path.exists() else None
     stage = (lambda name: (lambda i, n: on_stage(name, i, n))) if on_stage else (lambda name: None)
     train_faces = locate_faces(data, "train", config.limit, stage("locating faces (train)"))
     val_faces = locate_faces(data, "val", config.val_limit, stage("locating faces (val)"))
@@ -164,16 +166,16 @@ def train(
     sched = torch.optim.lr_scheduler.OneCycleLR(optim, config.lr, total_steps=config.epochs * steps, pct_start=0.1)
 
     start, record = 0, {}
-    if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # the RNG state must stay on the CPU
-        if {**state["config"], "device": config.device} != asdict(config):  # a run may move to another device
-            raise InputError(f"{ckpt_path} was written with other settings; remove it or train with the same ones")
-        net.load_state_dict(state["net"])
-        optim.load_state_dict(state["optim"])
-        sched.load_state_dict(state["sched"])
-        rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
-        start = state["epoch"]
+    if state is not None:
+        try:
+            net.load_state_dict(state["net"])
+            optim.load_state_dict(state["optim"])
+            sched.load_state_dict(state["sched"])
+            rng.bit_generator.state = state["rng"]
+            torch.set_rng_state(state["torch_rng"])
+            start = int(state["epoch"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise InputError(f"{ckpt_path}: malformed checkpoint ({reason(e)}); remove it to start afresh") from None
         # Keep the log in step with the checkpoint (a run may die between writing the two).
         lines = log_path.read_text().splitlines()[:start] if log_path.exists() else []
         log_path.write_text("".join(line + "\n" for line in lines))
@@ -212,6 +214,17 @@ def train(
             "val_photos": len(val_faces), "val_iou": record.get("val_iou")}
     save_weights(net, config.size, out, meta)
     return record
+
+
+def _read_checkpoint(path: Path, config: TrainConfig) -> dict:
+    """A checkpoint of a run with these settings (any device), read without executing code."""
+    state = read_torch(path, InputError, what="a training checkpoint")
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+        raise InputError(f"{path}: not a fit3dmm parser training checkpoint")
+    saved = {**state["config"], "device": config.device}  # a run may move to another device
+    if json.loads(json.dumps(saved)) != json.loads(json.dumps(asdict(config))):
+        raise InputError(f"{path} was written with other settings; remove it or train with the same ones")
+    return state
 
 
 def _save_checkpoint(path: Path, net, optim, sched, rng, epoch: int, config: TrainConfig) -> None:
