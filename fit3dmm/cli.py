@@ -191,6 +191,9 @@ def _eval_options(command):
                      help="Part segmenter for the segmentation loss's target."),
         click.option("--format", "fmt", type=click.Choice(["celebamask", "lapa"]), default="celebamask", show_default=True,
                      help="Label ids of DATA's masks."),
+        click.option("--protocol", type=click.Choice(["human", "paper"]), default="human", show_default=True,
+                     help="human: the fit's parts against the human masks; paper (3DDFA-V3's): the parser's "
+                          "segmentation of the fit rendered in the mean texture against its segmentation of the photo."),
         click.option("--split", type=click.Choice(["all", "val", "train"]), default="all", show_default=True,
                      help="Keep one hash split of DATA (see README, 'Evaluation')."),
         click.option("--skip", default=0, show_default=True, help="Leave out the first N photos (after --split)."),
@@ -207,8 +210,8 @@ def _eval_options(command):
     return command
 
 
-def _run_evaluation(data, out, specs, mode, segmenter, fmt, split, skip, limit, model, device, iterations, overwrite,
-                    subfolders: bool) -> tuple[dict, list[str]]:
+def _run_evaluation(data, out, specs, mode, segmenter, fmt, protocol, split, skip, limit, model, device, iterations,
+                    overwrite, subfolders: bool) -> tuple[dict, list[str]]:
     """Fit and score DATA with each (loss, weight) spec; returns (run name -> summary, the selected samples)."""
     from .config import FitConfig
     from .evaluation import evaluate, find_samples, open_run, parse_run_spec, summarize
@@ -226,7 +229,7 @@ def _run_evaluation(data, out, specs, mode, segmenter, fmt, split, skip, limit, 
             config = FitConfig.create(loss=loss, seg_weight=weight, mode=mode, iterations=iterations, model=model,
                                       segmenter=segmenter, device=device)
             folder = out / spec if subfolders else out
-            open_run(folder, config, data, fmt, overwrite)
+            open_run(folder, config, data, fmt, overwrite, protocol)
             runs[spec] = (config, folder)
         pipeline = Pipeline(next(iter(runs.values()))[0])
     except (Fit3dmmError, ValueError, OSError) as e:
@@ -234,7 +237,7 @@ def _run_evaluation(data, out, specs, mode, segmenter, fmt, split, skip, limit, 
     with _progress() as bar:
         task = bar.add_task("fitting", total=len(samples), info="")
         failures = evaluate(pipeline, samples, runs, fmt,
-                            progress=lambda i, n, info: bar.update(task, completed=i, info=info))
+                            progress=lambda i, n, info: bar.update(task, completed=i, info=info), protocol=protocol)
     for name, failed in failures.items():
         for stem, message in failed:
             console.print(f"[red]failed[/red] {stem} ({name}): {message}")
@@ -250,24 +253,29 @@ def _cell(stats: dict) -> str:
 @_eval_options
 @click.option("--loss", type=click.Choice([*SEGMENTATION_LOSSES, "none"]), default="prdl", show_default=True)
 @click.option("--seg-weight", type=float, help="Weight of the segmentation loss (default: the loss's tuned weight).")
-def eval_cmd(data, out, mode, segmenter, fmt, split, skip, limit, model, device, iterations, overwrite, loss, seg_weight) -> None:
+def eval_cmd(data, out, mode, segmenter, fmt, protocol, split, skip, limit, model, device, iterations, overwrite, loss,
+             seg_weight) -> None:
     """Fit every photo of DATA (images/ and masks/ of the same stems) and score Part IoU against the masks
     (and the 68-landmark error where a .pts file sits beside a photo): OUT/metrics.csv, landmarks.csv,
     summary.json, chart.png."""
+    from .evaluation import SCORES
     from .metrics import IOU_PARTS
     from .report import iou_chart
 
     spec = loss if seg_weight is None else f"{loss}@{seg_weight:g}"
-    summaries, _ = _run_evaluation(data, out, [spec], mode, segmenter, fmt, split, skip, limit, model, device, iterations,
-                                   overwrite, subfolders=False)
+    summaries, _ = _run_evaluation(data, out, [spec], mode, segmenter, fmt, protocol, split, skip, limit, model, device,
+                                   iterations, overwrite, subfolders=False)
     summary = summaries[spec]
-    iou_chart(out / "chart.png", {spec: summary}, f"--loss {spec} --mode {mode}, {summary['photos']} photos")
-    table = Table(title=f"Part IoU %, --loss {spec} --mode {mode}, {summary['photos']} photos of {data}")
-    for col in ("part", "mean ± std", "photos"):
-        table.add_column(col, justify="left" if col == "part" else "right")
+    labels = {**SCORES, "iou": "parsed render vs parsed photo"} if protocol == "paper" else SCORES
+    series = {label: summary[key if key != "iou" else "part_iou"] for key, label in labels.items()}
+    iou_chart(out / "chart.png", series, f"--loss {spec} --mode {mode}, {summary['photos']} photos")
+    table = Table(title=f"Part IoU % (mean ± std over photos), --loss {spec} --mode {mode}, {summary['photos']} photos of {data}")
+    table.add_column("part")
+    for label in series:
+        table.add_column(label, justify="right")
+    table.add_column("photos", justify="right")
     for part in (*IOU_PARTS, "mean"):
-        stats = summary["part_iou"][part]
-        table.add_row(part, _cell(stats), str(stats["n"]))
+        table.add_row(part, *(_cell(stats[part]) for stats in series.values()), str(summary["part_iou"][part]["n"]))
     Console().print(table)
     if summary["nme"]:
         console.print(f"68-landmark NME: mean {summary['nme']['mean']:.2%}, median {summary['nme']['median']:.2%} "
@@ -281,10 +289,11 @@ def eval_cmd(data, out, mode, segmenter, fmt, split, skip, limit, model, device,
 @_eval_options
 @click.option("--losses", default=",".join(SEGMENTATION_LOSSES), show_default=True,
               help="Comma-separated losses to compare, each optionally with a weight: prdl,iou@0.05,none.")
-def compare(data, out, mode, segmenter, fmt, split, skip, limit, model, device, iterations, overwrite, losses) -> None:
+def compare(data, out, mode, segmenter, fmt, protocol, split, skip, limit, model, device, iterations, overwrite,
+            losses) -> None:
     """Fit every photo of DATA with each loss and compare their Part IoU: OUT/<loss>/ (as eval),
     OUT/compare.csv, compare.png and grid.png."""
-    from .evaluation import grid_rows, write_compare
+    from .evaluation import grid_rows, paired_differences, write_compare, write_paired
     from .metrics import IOU_PARTS
     from .outputs import write_png
     from .report import compare_grid, iou_chart
@@ -292,18 +301,32 @@ def compare(data, out, mode, segmenter, fmt, split, skip, limit, model, device, 
     specs = [s.strip() for s in losses.split(",") if s.strip()]
     if not specs or len(set(specs)) != len(specs):
         _fail("--losses needs distinct, comma-separated names")
-    summaries, selected = _run_evaluation(data, out, specs, mode, segmenter, fmt, split, skip, limit, model, device,
-                                          iterations, overwrite, subfolders=True)
+    summaries, selected = _run_evaluation(data, out, specs, mode, segmenter, fmt, protocol, split, skip, limit, model,
+                                          device, iterations, overwrite, subfolders=True)
     write_compare(out, summaries)
     n = min(s["photos"] for s in summaries.values())
-    iou_chart(out / "compare.png", summaries, f"--mode {mode}, {n} photos")
+    iou_chart(out / "compare.png", {spec: s["part_iou"] for spec, s in summaries.items()}, f"--mode {mode}, {n} photos")
     table = Table(title=f"Part IoU % (mean ± std over photos), --mode {mode}, {n} photos of {data}")
     table.add_column("loss")
     for part in (*IOU_PARTS, "mean"):
         table.add_column(part.replace("_", " ").replace("eyebrow", "brow"), justify="right")
+    table.add_column("target vs human", justify="right")
+    table.add_column("fit vs target", justify="right")
     for spec, summary in summaries.items():
-        table.add_row(spec, *(_cell(summary["part_iou"][p]) for p in (*IOU_PARTS, "mean")))
+        table.add_row(spec, *(_cell(summary["part_iou"][p]) for p in (*IOU_PARTS, "mean")),
+                      _cell(summary["target_iou"]["mean"]), _cell(summary["fit_target_iou"]["mean"]))
     Console().print(table)
+    if len(specs) > 1:
+        paired = paired_differences({spec: out / spec for spec in specs}, [s.stem for s in selected])
+        write_paired(out, paired)
+        table = Table(title=f"{specs[0]} minus each loss: per-photo mean Part IoU, points (95% bootstrap interval)")
+        for col in ("loss", "difference", "95% interval", f"{specs[0]} better on", "photos"):
+            table.add_column(col, justify="left" if col == "loss" else "right")
+        for r in paired:
+            if r["mean"] is not None:
+                table.add_row(r["run"], f"{100 * r['mean']:+.2f}", f"[{100 * r['low']:+.2f}, {100 * r['high']:+.2f}]",
+                              str(r["wins"]), str(r["n"]))
+        Console().print(table)
     rows = grid_rows(selected, {spec: out / spec for spec in specs}, fmt)
     if rows:
         write_png(out / "grid.png", compare_grid(rows))
@@ -401,7 +424,8 @@ def show_cmd(model_name, out) -> None:
 @click.option("--masks", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--limit", type=int, help="Vote on at most this many photos (of the train split).")
 @click.option("--check", default=40, show_default=True, help="Validation-split photos to score the annotation on (0 = skip).")
-@click.option("--export", type=click.Path(path_type=Path), help="Also write the annotation alone (parts, skin_subset) to this .npz.")
+@click.option("--export", type=click.Path(path_type=Path),
+              help="Also write the annotation alone (parts, skin_subset, mean_texture) to this .npz.")
 def annotate_cmd(model_name, images, masks, limit, check, export) -> None:
     """Label MODEL's vertices with parts by voting on labelled photos (CelebAMask-HQ layout), and save it into the model."""
     from .datasets import image_mask_pairs, split_pairs
@@ -431,8 +455,9 @@ def annotate_cmd(model_name, images, masks, limit, check, export) -> None:
     try:
         save_model(annotated, path)
         if export:
-            write_atomic(export, lambda tmp: np.savez_compressed(tmp, parts=result.parts.astype(np.int8),
-                                                                 skin_subset=result.skin_subset.astype(np.int32)))
+            write_atomic(export, lambda tmp: np.savez_compressed(
+                tmp, parts=result.parts.astype(np.int8), skin_subset=result.skin_subset.astype(np.int32),
+                mean_texture=(result.mean_texture * 255).round().astype(np.uint8)))
     except OSError as e:
         _fail(_message(e))
     counts = {name: int((result.parts == k).sum()) for k, name in enumerate(PART_NAMES)}

@@ -105,6 +105,7 @@ class Fitter:
             frame.normals = vertex_normals(cam, tris)
             tol = self.depth_tol / params["translation"][2].item()  # vertex_visibility's tolerance is relative
             frame.visible = vertex_visibility(screen.detach(), tris, frame.frags, frame.normals.detach(), tol)
+            frame.depth_tol = tol
         return frame
 
     def _clamp(self, params: dict[str, Tensor]) -> None:

@@ -25,7 +25,7 @@ from .datasets import LABEL_NAMES
 from .models.facemodel import PART_CELEBA_IDS, PART_NAMES
 from .pipeline import FitOutput
 from .render import rasterize, vertex_normals
-from .target import CropTransform
+from .target import OCCLUDER_IDS, CropTransform
 
 #: Colours (RGB) of the CelebAMask-HQ part ids in parts.png.
 PART_COLOURS = {
@@ -92,10 +92,26 @@ def camera_light(model, tri: np.ndarray, bary: np.ndarray, normals: np.ndarray) 
     return 0.2 + 0.75 * np.clip(-n[:, 2], 0, 1)
 
 
-def fitted_labels(output: FitOutput) -> np.ndarray:
-    """(H, W) uint8 label map of the visible fitted parts at the photo's resolution."""
+def fitted_labels(output: FitOutput, tri: np.ndarray | None = None, bary: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) uint8 label map of the visible fitted parts at the photo's resolution: what the rendered fit
+    shows where the segmenter sees no occluder (hair, hat, glasses): a brow under a fringe is hidden in
+    the photo, and so in the fit's parts. ``tri``, ``bary``: the fit's :func:`render_photo`, if done."""
+    if tri is None:
+        tri, bary, _ = render_photo(output)
+    labels = part_label_map(output.fitter.model, tri, bary)
+    labels[np.isin(output.observation.labels, OCCLUDER_IDS)] = 0
+    return labels
+
+
+def texture_render(output: FitOutput, texture: np.ndarray) -> np.ndarray:
+    """The photo with the fitted surface painted in a fixed per-vertex texture (V, 3) in [0, 1] (no
+    lighting: the texture is the model's, not the photo's), RGB uint8."""
     tri, bary, _ = render_photo(output)
-    return part_label_map(output.fitter.model, tri, bary)
+    covered = tri >= 0
+    corners = output.fitter.model.triangles.cpu().numpy()[tri[covered]]
+    out = output.observation.image.copy()
+    out[covered] = (np.einsum("nk,nkc->nc", bary[covered], texture[corners]) * 255).clip(0, 255).round().astype(np.uint8)
+    return out
 
 
 def shaded_overlay(output: FitOutput, tri: np.ndarray, bary: np.ndarray, normals: np.ndarray) -> np.ndarray:
@@ -256,7 +272,7 @@ def write_result(output: FitOutput, folder: str | os.PathLike, source: str, over
     folder exists and ``overwrite`` is False."""
     with _atomic_folder(folder, overwrite) as tmp:
         tri, bary, normals = render_photo(output)
-        fitted = part_label_map(output.fitter.model, tri, bary)
+        fitted = fitted_labels(output, tri, bary)
         mesh = mesh_files(output)
         mesh.export(tmp / "mesh.obj", include_texture=False)
         mesh.export(tmp / "mesh.ply")

@@ -12,8 +12,9 @@ from .metrics import IOU_PARTS
 CELL = 160  # grid cell side in pixels
 
 
-def iou_chart(path: Path, summaries: dict[str, dict], title: str) -> None:
-    """Grouped bars: mean Part IoU per part (and the mean), one bar per run, std as error bars."""
+def iou_chart(path: Path, series: dict[str, dict], title: str) -> None:
+    """Grouped bars: mean Part IoU per part (and the mean), one bar per series (label -> part stats, as a
+    summary's ``part_iou``), std as error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -23,20 +24,20 @@ def iou_chart(path: Path, summaries: dict[str, dict], title: str) -> None:
 
     parts = (*IOU_PARTS, "mean")
     x = np.arange(len(parts))
-    width = 0.8 / max(len(summaries), 1)
-    fig, ax = plt.subplots(figsize=(min(14, 5 + 0.16 * len(summaries) * len(parts)), 4.5))
-    for k, (run, summary) in enumerate(summaries.items()):
-        stats = [summary["part_iou"][p] for p in parts]
+    width = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(min(14, 5 + 0.16 * len(series) * len(parts)), 4.5))
+    for k, (run, part_stats) in enumerate(series.items()):
+        stats = [part_stats[p] for p in parts]
         means = [np.nan if s["mean"] is None else s["mean"] for s in stats]
         stds = [0 if s["std"] is None else s["std"] for s in stats]
-        ax.bar(x + (k - (len(summaries) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=run)
+        ax.bar(x + (k - (len(series) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=run)
     ax.set_xticks(x, [p.replace("_", " ") for p in parts])
     ax.set_ylim(0, 1)
     ax.set_ylabel("Part IoU (mean ± std over photos)")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    if len(summaries) > 1:
-        ax.legend(fontsize=8, ncols=min(len(summaries), 8), loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
+    if len(series) > 1:
+        ax.legend(fontsize=8, ncols=min(len(series), 8), loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
     fig.tight_layout()
     write_atomic(path, lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)

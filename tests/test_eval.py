@@ -62,6 +62,12 @@ def test_eval_scores_every_good_photo_and_reports_the_broken_one(evaluated):
     assert 0.4 < summary["part_iou"]["mean"]["mean"] < 1
     means = [summary["part_iou"][p]["mean"] for p in IOU_PARTS]
     assert summary["part_iou"]["mean"]["mean"] == pytest.approx(np.mean(means))
+    # The instrument: the target (the parser) and the fit against it are scored beside the fit. image_0010's
+    # "human" mask is the parser's own output, so its target scores 1 on every part it has.
+    assert summary["target_iou"]["mean"]["mean"] > 0.4 and summary["fit_target_iou"]["mean"]["mean"] > 0.4
+    record = json.loads((out / "images" / "image_0010.json").read_text())
+    assert [v for v in record["target_iou"].values() if v is not None] == pytest.approx([1.0] * 7)
+    assert record["fit_target_iou"] == pytest.approx(record["iou"])
     # The landmark error is scored only where a .pts file sits beside the photo.
     with open(out / "landmarks.csv") as f:
         nmes = list(csv.DictReader(f))
@@ -104,6 +110,44 @@ def test_compare_runs_each_loss_on_the_same_photos(data, tmp_path):
     assert grid.shape == (24 + 2 * 160, 4 * 160, 3)  # header + 2 photos; photo, mask, 2 losses
     assert cv2.imread(str(out / "compare.png")) is not None
     assert "prdl" in result.output and "±" in result.output
+    with open(out / "paired.csv") as f:
+        (paired,) = list(csv.DictReader(f))
+    assert paired["reference"] == "prdl" and paired["run"] == "chamfer" and paired["n"] == "2"
+    assert float(paired["ci95_low"]) <= float(paired["mean_difference"]) <= float(paired["ci95_high"])
+
+
+def test_paper_protocol_scores_the_parsed_mean_texture_render(data, tmp_path):
+    """3DDFA-V3's protocol: the fit painted in the model's mean texture, parsed, against the parsed photo."""
+    out = tmp_path / "paper"
+    result = CliRunner().invoke(main, ["eval", str(data), "-o", str(out), "--protocol", "paper", "--limit", "1", *SHORT])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["protocol"] == "paper"
+    record = json.loads((out / "images" / f"{CELEBA[0]}.json").read_text())
+    # The parser finds the painted face's parts where the photo's are (a short fit still overlaps well).
+    assert 0.4 < np.mean([v for v in record["iou"].values() if v is not None]) < 1
+    assert record["iou"] != record["fit_target_iou"]  # scored on the parsed render, not the fitted labels
+    refused = CliRunner().invoke(main, ["eval", str(data), "-o", str(out), "--limit", "1", *SHORT])
+    assert refused.exit_code == 1 and "another configuration" in refused.output
+
+
+def test_paired_difference_and_its_bootstrap_interval(tmp_path):
+    """Per-photo differences of the first run against another, on the photos both scored."""
+    from fit3dmm.evaluation import paired_differences
+
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.5, 0.8, 60)
+    gain = 0.02 + rng.normal(0, 0.01, 60)
+    for run, values in (("a", base + gain), ("b", base)):
+        (tmp_path / run / "images").mkdir(parents=True)
+        for i, v in enumerate(values):
+            if run == "b" and i == 0:
+                continue  # a photo only one run scored is left out of the pairs
+            record = {"iou": {p: (None if p == "nose" else float(v)) for p in IOU_PARTS}}
+            (tmp_path / run / "images" / f"p{i}.json").write_text(json.dumps(record))
+    (row,) = paired_differences({"a": tmp_path / "a", "b": tmp_path / "b"}, [f"p{i}" for i in range(60)])
+    assert row["n"] == 59 and row["mean"] == pytest.approx(gain[1:].mean())
+    assert row["low"] < row["mean"] < row["high"] and row["low"] > 0.015 and row["high"] < 0.025
+    assert row["wins"] == int((gain[1:] > 0).sum())
 
 
 def test_lapa_labels_become_celebamask_ids_with_sides_by_position(tmp_path):

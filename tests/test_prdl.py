@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from toys import toy_part_sets
+from toys import toy_part_sets, vertex_points
 
 from fit3dmm.losses import Frame
 from fit3dmm.losses.parts import mask_points
@@ -140,8 +140,8 @@ class _UnevenGrid:
         a = (ij[:-1, None] * n + ij[None, :-1]).ravel()
         self.fit_triangles = torch.stack([a, a + 1, a + n, a + 1, a + n + 1, a + n], 1).reshape(-1, 3)
 
-    def part_vertices(self, name):
-        return torch.arange(len(self.mean)) if name == "nose" else torch.zeros(0, dtype=torch.long)
+    def part_points(self, name):
+        return vertex_points(torch.arange(len(self.mean)) if name == "nose" else torch.zeros(0, dtype=torch.long))
 
 
 def test_area_weighted_mean_matches_an_evenly_covered_target():

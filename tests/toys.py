@@ -9,13 +9,20 @@ from fit3dmm.target import CropTransform, FitTarget
 
 
 class _Parts:
-    """Stands in for a FaceModel: the point-set losses only ask it for each part's vertex ids."""
+    """Stands in for a FaceModel: the point-set losses only ask it for each part's points (its vertices)."""
 
     def __init__(self, ids):
         self.ids = ids
 
-    def part_vertices(self, name):
-        return self.ids[name]
+    def part_points(self, name):
+        return vertex_points(self.ids[name])
+
+
+def vertex_points(ids):
+    """A FaceModel.part_points answer for a part that is its vertices: ids (N, 4), weights (N, 4), None."""
+    weights = torch.zeros(len(ids), 4)
+    weights[:, 0] = 1
+    return ids[:, None].expand(-1, 4), weights, None
 
 
 def toy_part_sets(loss_cls, size=32, empty=("left_eyebrow",), **loss_kwargs):

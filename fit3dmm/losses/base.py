@@ -21,7 +21,7 @@ class Frame:
     vertices (V, 3) model frame; screen (V, 3) crop pixels + depth; rotation (3, 3) model->camera
     (including the axis flip); params: the fit's coefficient tensors by name. With rasterization:
     normals (V, 3) camera frame, frags (hard pass, no grad, triangle ids into ``model.fit_triangles``),
-    visible (V,) bool. Without, those are None.
+    visible (V,) bool, and the relative ``depth_tol`` its test used. Without, those are None.
     """
 
     vertices: Tensor
@@ -31,6 +31,7 @@ class Frame:
     normals: Tensor | None = None
     frags: "Fragments | None" = None
     visible: Tensor | None = None
+    depth_tol: float = 0.005  # relative depth tolerance of the visibility test (render.vertex_visibility)
 
 
 class Loss(ABC):

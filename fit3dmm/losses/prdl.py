@@ -77,23 +77,27 @@ class PRDL(PartSetLoss):
             ring3d = vertex_areas(model.mean, tris)[self.ids]
             self.area_scale = torch.where(self.is_skin, 1.0 / ring3d.clamp(min=1e-12), torch.ones_like(ring3d))
 
-    def point_weights(self, frame: Frame, kept: Tensor) -> Tensor:
+    def point_weights(self, frame: Frame, points: Tensor, kept: Tensor) -> Tensor:
         """(N',) weight of each kept point in the mean statistic: the screen area it stands for, so the
-        mean over unevenly spaced vertices matches the mean over the mask's evenly spaced pixels."""
-        area = vertex_areas(frame.screen.detach(), self.model.fit_triangles)[self.ids[kept]]
-        return area * self.area_scale[kept]
+        mean over unevenly spaced vertices matches the mean over the mask's evenly spaced pixels. Blended
+        points (eye openings) stand for the area of their own grid's cells."""
+        area = vertex_areas(frame.screen.detach(), self.model.fit_triangles)[self.ids] * self.area_scale
+        if self.blend_triangles is not None:
+            grid = vertex_areas(points[:, :2].detach(), self.blend_triangles)
+            area = torch.where(self.blended, grid, area)
+        return area[kept]
 
     def __call__(self, frame: Frame) -> Tensor:
         if self.target_desc is None:
             return frame.screen.new_zeros(())
-        xy = frame.screen[self.ids, :2]
-        kept = torch.nonzero(self.kept(frame, xy)).squeeze(1)
-        xy, segment = xy[kept], self.segment[kept]  # still sorted by part
+        points = self.points(frame)
+        kept = torch.nonzero(self.kept(frame, points)).squeeze(1)
+        xy, segment = points[kept, :2], self.segment[kept]  # still sorted by part
         n_parts = len(self.part_names)
         count = torch.bincount(segment, minlength=n_parts)
         dist = torch.cdist(xy, self.anchors, compute_mode="donot_use_mm_for_euclid_dist")  # (N, A)
         if self.area_weighted:
-            w = self.point_weights(frame, kept)
+            w = self.point_weights(frame, points, kept)
             mean = torch.zeros(n_parts, dist.shape[1], device=xy.device).index_add_(0, segment, dist * w[:, None])
             total = torch.zeros(n_parts, device=xy.device).index_add_(0, segment, w)
             mean = mean / total.clamp(min=1e-12)[:, None]

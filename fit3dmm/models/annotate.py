@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from ..config import FitConfig
 from ..datasets import fix_left_right, read_mask
@@ -37,6 +39,7 @@ class Annotation:
     votes: np.ndarray  # (V, len(PART_NAMES) + 1)
     photos_used: int
     failures: list[tuple[str, str]] = field(default_factory=list)
+    mean_texture: np.ndarray | None = None  # (V, 3) mean photo colour under each vertex, [0, 1]
 
 
 def label_to_slot(labels: np.ndarray) -> np.ndarray:
@@ -49,6 +52,39 @@ def parts_from_votes(votes: np.ndarray, min_votes: int = MIN_VOTES) -> np.ndarra
     winner = votes.argmax(1)
     parts = np.where((votes.sum(1) >= min_votes) & (winner != OTHER), winner, -1)
     return parts.astype(np.int64)
+
+
+#: A part's connected pieces on the mesh smaller than this fraction of its largest piece take their
+#: neighbours' part (as the target's stray blobs are dropped, target.MIN_BLOB_FRACTION).
+MIN_PIECE_FRACTION = 0.1
+
+
+def clean_parts(data: ModelData, parts: np.ndarray) -> np.ndarray:
+    """Voted parts made consistent with the mesh: with lid margins (separate eyeballs, whose opening is
+    the eye), each eyeball is its side's eye and the face surface is never eye; then each part's
+    stray pieces (smaller than MIN_PIECE_FRACTION of its largest piece) take the part most common
+    around them. Returns a new (V,) array."""
+    parts = parts.copy()
+    eye_ids = [PART_NAMES.index("left_eye"), PART_NAMES.index("right_eye")]
+    if data.lid_margins is not None and "eyeballs" in data.meta.get("regions", {}):
+        lo, hi = data.meta["regions"]["eyeballs"]
+        parts[np.isin(parts, eye_ids)] = PART_NAMES.index("skin")
+        parts[lo:hi] = np.where(data.mean[lo:hi, 0] > 0, eye_ids[0], eye_ids[1])  # x: the subject's left
+    edges = np.concatenate([data.triangles[:, [0, 1]], data.triangles[:, [1, 2]], data.triangles[:, [2, 0]]])
+    v = data.n_vertices
+    for part in range(len(PART_NAMES)):
+        members = parts == part
+        inside = edges[members[edges[:, 0]] & members[edges[:, 1]]]
+        graph = coo_matrix((np.ones(len(inside)), (inside[:, 0], inside[:, 1])), shape=(v, v))
+        _, piece = connected_components(graph, directed=False)
+        sizes = np.bincount(piece[members], minlength=piece.max() + 1)
+        for p in np.nonzero((sizes > 0) & (sizes < MIN_PIECE_FRACTION * sizes.max()))[0]:
+            stray = members & (piece == p)
+            around = edges[stray[edges[:, 0]] & ~stray[edges[:, 1]], 1]
+            labels = parts[around]
+            labels = labels[(labels >= 0) & (labels != part)]
+            parts[stray] = np.bincount(labels).argmax() if len(labels) else -1
+    return parts
 
 
 def annotate(
@@ -66,6 +102,7 @@ def annotate(
     unlabelled = with_parts(model.data, -np.ones(model.n_vertices, dtype=np.int64), np.zeros(0, dtype=np.int64))
     pipeline = Pipeline(config, FaceModel(unlabelled).to(model.mean.device))
     votes = np.zeros((model.n_vertices, OTHER + 1), dtype=np.int64)
+    colour_sum, colour_count = np.zeros((model.n_vertices, 3)), np.zeros(model.n_vertices)
     failures, used = [], 0
     for i, (image_path, mask_path) in enumerate(pairs):
         try:
@@ -83,15 +120,40 @@ def annotate(
         ids = np.nonzero(inside)[0]
         slots = label_to_slot(mask[xy[ids, 1], xy[ids, 0]])
         np.add.at(votes, (ids, slots), 1)
+        colour_sum[ids] += image[xy[ids, 1], xy[ids, 0]] / 255.0
+        colour_count[ids] += 1
         used += 1
         if progress is not None:
             progress(i + 1, len(pairs), str(image_path))
-    parts = parts_from_votes(votes, min_votes)
-    return Annotation(parts, skin_subset(model.data.mean, parts), votes, used, failures)
+    parts = clean_parts(model.data, parts_from_votes(votes, min_votes))
+    return Annotation(parts, skin_subset(model.data.mean, parts), votes, used, failures,
+                      mean_texture(model.data, colour_sum, colour_count))
+
+
+def mean_texture(data: ModelData, colour_sum: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """(V, 3) mean colour per vertex; vertices never seen take the mean of their seen neighbours, spread
+    over the mesh until all have one (or the overall mean where nothing connects)."""
+    seen = count > 0
+    colour = np.where(seen[:, None], colour_sum / np.maximum(count, 1)[:, None], 0.0)
+    edges = np.concatenate([data.triangles[:, [0, 1]], data.triangles[:, [1, 2]], data.triangles[:, [2, 0]]])
+    edges = np.concatenate([edges, edges[:, ::-1]])
+    while not seen.all():
+        reach = edges[seen[edges[:, 0]] & ~seen[edges[:, 1]]]
+        if not len(reach):
+            colour[~seen] = colour[seen].mean(0) if seen.any() else 0.5
+            break
+        total, n = np.zeros_like(colour), np.zeros(len(colour))
+        np.add.at(total, reach[:, 1], colour[reach[:, 0]])
+        np.add.at(n, reach[:, 1], 1)
+        grown = n > 0
+        colour[grown] = total[grown] / n[grown, None]
+        seen = seen | grown
+    return colour.astype(np.float32)
 
 
 def apply_annotation(data: ModelData, annotation: Annotation, source: str) -> ModelData:
     out = with_parts(data, annotation.parts, annotation.skin_subset)
+    out.mean_texture = annotation.mean_texture
     out.meta = {**data.meta, "parts_source": source}
     return out
 

@@ -19,6 +19,13 @@ contour              (17, L) i32      per jaw landmark, candidate vertex ids for
                                       (padded with -1); the fit picks the silhouette one
 parts                (V,) i8          part id per vertex, index into PART_NAMES, -1 for none
 skin_subset          (S,) i32         skin vertices chosen once by farthest point sampling (PRDL)
+lid_margins          (4, L) i32       optional, for models with separate eyeballs: the visible lid
+                                      margins (left upper, left lower, right upper, right lower),
+                                      corner to corner, padded with -1; the eye parts' point sets
+                                      are then the openings between them (:mod:`.eyes`)
+mean_texture         (V, 3) f32       optional: a fixed colour per vertex in [0, 1] (the mean photo
+                                      colour under it, from ``model annotate``), for renders that
+                                      must not depend on the photo (``eval --protocol paper``)
 ==================== ================ ==========================================================
 """
 
@@ -37,6 +44,7 @@ from torch import Tensor, nn
 from ..errors import ModelError
 from ..files import read_npz, reason
 from ..sampling import farthest_point_sampling
+from .eyes import opening_grid
 
 FORMAT = "fit3dmm-model/1"
 _ARRAY_KEYS = ("mean", "id_basis", "exp_basis", "triangles", "landmarks68", "contour", "parts", "skin_subset")
@@ -72,6 +80,8 @@ class ModelData:
     skin_subset: np.ndarray
     albedo_mean: np.ndarray | None = None
     albedo_basis: np.ndarray | None = None
+    lid_margins: np.ndarray | None = None
+    mean_texture: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
 
     @property
@@ -91,7 +101,8 @@ class ModelData:
                 raise ModelError(f"malformed face model: {message}")
 
         arrays = {k: getattr(self, k) for k in ("mean", "id_basis", "exp_basis", "albedo_mean", "albedo_basis",
-                                                 "triangles", "landmarks68", "contour", "parts", "skin_subset")}
+                                                 "triangles", "landmarks68", "contour", "parts", "skin_subset",
+                                                 "lid_margins", "mean_texture")}
         for name, a in arrays.items():
             need(a is None or (isinstance(a, np.ndarray) and a.dtype.kind in "fiu"), f"{name} must be a numeric array")
         need((self.albedo_mean is None) == (self.albedo_basis is None), "albedo_mean and albedo_basis go together")
@@ -101,7 +112,8 @@ class ModelData:
             a = arrays[name]
             need(a is None or (a.ndim == 3 and a.shape[1:] == (v, 3)), f"{name} must be (K, V, 3) with V = {v}")
         need(self.albedo_mean is None or self.albedo_mean.shape == (v, 3), "albedo_mean must be (V, 3)")
-        for name in ("mean", "id_basis", "exp_basis", "albedo_mean", "albedo_basis"):
+        need(self.mean_texture is None or self.mean_texture.shape == (v, 3), "mean_texture must be (V, 3)")
+        for name in ("mean", "id_basis", "exp_basis", "albedo_mean", "albedo_basis", "mean_texture"):
             need(arrays[name] is None or bool(np.isfinite(arrays[name]).all()), f"{name} has NaN or infinite values")
         need(self.triangles.ndim == 2 and self.triangles.shape[1] == 3 and len(self.triangles) > 0,
              "triangles must be (F, 3)")
@@ -109,14 +121,17 @@ class ModelData:
         need(self.contour.ndim == 2 and self.contour.shape[0] == 17, "contour must be (17, L)")
         need(self.parts.shape == (v,), "parts must be (V,)")
         need(self.skin_subset.ndim == 1, "skin_subset must be (S,)")
+        margins = self.lid_margins
+        need(margins is None or (margins.ndim == 2 and margins.shape[0] == 4 and bool(((margins >= 0).sum(1) >= 2).all())),
+             "lid_margins must be (4, L) with at least 2 vertices a row")
         rng = self.meta.get("expression_range")
         need(rng is None or (isinstance(rng, (list, tuple)) and len(rng) == 2
                              and all(isinstance(x, (int, float)) for x in rng) and rng[0] < rng[1]),
              "meta's expression_range must be [low, high]")
         for name, low, high in (("triangles", 0, v), ("landmarks68", 0, v), ("contour", -1, v),
-                                ("parts", -1, len(PART_NAMES)), ("skin_subset", 0, v)):
+                                ("parts", -1, len(PART_NAMES)), ("skin_subset", 0, v), ("lid_margins", -1, v)):
             a = arrays[name]
-            need(a.size == 0 or (low <= a.min() and a.max() < high), f"{name} has values outside {low}..{high - 1}")
+            need(a is None or a.size == 0 or (low <= a.min() and a.max() < high), f"{name} has values outside {low}..{high - 1}")
 
 
 def save_model(data: ModelData, path: str | os.PathLike) -> Path:
@@ -139,6 +154,10 @@ def save_model(data: ModelData, path: str | os.PathLike) -> Path:
     if data.albedo_mean is not None:
         arrays["albedo_mean"] = data.albedo_mean.astype(np.float32)
         arrays["albedo_basis"] = data.albedo_basis.astype(np.float32)
+    if data.lid_margins is not None:
+        arrays["lid_margins"] = data.lid_margins.astype(np.int32)
+    if data.mean_texture is not None:
+        arrays["mean_texture"] = data.mean_texture.astype(np.float32)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -169,6 +188,8 @@ def load_native(path: str | os.PathLike) -> ModelData:
             contour=z["contour"].astype(np.int64), parts=z["parts"].astype(np.int64),
             skin_subset=z["skin_subset"].astype(np.int64),
             albedo_mean=z.get("albedo_mean"), albedo_basis=z.get("albedo_basis"), meta=meta,
+            lid_margins=z["lid_margins"].astype(np.int64) if "lid_margins" in z else None,
+            mean_texture=z.get("mean_texture"),
         )
     except (ValueError, TypeError) as e:  # non-numeric arrays, malformed meta
         raise ModelError(f"{path}: malformed face model ({reason(e)})") from None
@@ -229,6 +250,12 @@ class FaceModel(nn.Module):
             self.register_buffer("albedo_basis", f32(data.albedo_basis.reshape(-1, v * 3).T))
         rng = data.meta.get("expression_range")
         self.expression_range = tuple(rng) if rng else None
+        self.has_lid_margins = data.lid_margins is not None
+        if self.has_lid_margins:
+            grids = [opening_grid(data.mean, *(row[row >= 0] for row in data.lid_margins[k : k + 2])) for k in (0, 2)]
+            self.register_buffer("opening_ids", i64(np.stack([g[0] for g in grids])))  # (2, N, 4): left, right eye
+            self.register_buffer("opening_weights", f32(np.stack([g[1] for g in grids])))  # (2, N, 4)
+            self.register_buffer("opening_triangles", i64(grids[0][2]))  # (T, 3) over a grid's N points
 
     @property
     def n_vertices(self) -> int:
@@ -260,3 +287,16 @@ class FaceModel(nn.Module):
         if part == "skin":
             return self.skin_subset
         return torch.nonzero(self.parts == PART_NAMES.index(part)).squeeze(1)
+
+    def part_points(self, part: str) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The point set of one part as blends of vertices: point i = sum_k weights[i, k] * vertex
+        ids[i, k]; ids and weights (N, 4). For the eyes of a model with lid margins, the grid over the
+        opening between the lids, with its (T, 3) triangles over the N points; otherwise the part's
+        vertices (weights 1, 0, 0, 0) and None."""
+        if self.has_lid_margins and part in ("left_eye", "right_eye"):
+            k = ("left_eye", "right_eye").index(part)
+            return self.opening_ids[k], self.opening_weights[k], self.opening_triangles
+        ids = self.part_vertices(part)
+        weights = torch.zeros(len(ids), 4, device=ids.device)
+        weights[:, 0] = 1
+        return ids[:, None].expand(-1, 4), weights, None

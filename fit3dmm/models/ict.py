@@ -5,7 +5,8 @@ folder itself) or the single-file re-encoding ``ict_facekit_light.npz`` (+ ``ver
 
 Kept from the full head: the face surface (vertices 0-9408, with eyelids and lips) and both eyeballs
 (21451-24590). The visible eye of a photo is the eyeball between the lids, so the eyeballs are the eye
-part; closing the lids with eyeBlink_L/R covers them and the z-buffer hides them.
+part in renders (closing the lids with eyeBlink_L/R covers them and the z-buffer hides them), and the
+part losses' eye point sets are the openings between the lid margins found here (:mod:`.eyes`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from ..errors import ModelError
 from ..files import read_json, read_npz, reason
 from .contour import contour_candidates
+from .eyes import lid_margins
 from .facemodel import ModelData
 
 N_VERTICES = 26719
@@ -123,15 +125,19 @@ def _select(faces: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return remap, remap[np.concatenate([tri_a, tri_b])]
 
 
-def shipped_parts(n_vertices: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """The packaged part annotation (parts, skin_subset) if it matches this vertex count."""
+def shipped_parts(n_vertices: int) -> dict[str, np.ndarray] | None:
+    """The packaged annotation (parts, skin_subset, and where present mean_texture) if it matches this
+    vertex count."""
     res = resources.files("fit3dmm.data") / PARTS_RESOURCE
     if not res.is_file():
         return None
     with res.open("rb") as f, np.load(f) as z:
         if z["parts"].shape != (n_vertices,):
             return None
-        return z["parts"].astype(np.int64), z["skin_subset"].astype(np.int64)
+        out = {"parts": z["parts"].astype(np.int64), "skin_subset": z["skin_subset"].astype(np.int64)}
+        if "mean_texture" in z:
+            out["mean_texture"] = z["mean_texture"].astype(np.float32) / 255.0
+        return out
 
 
 def import_ict(src: str | Path, name: str = "ict", with_parts: bool = True) -> ModelData:
@@ -147,6 +153,7 @@ def import_ict(src: str | Path, name: str = "ict", with_parts: bool = True) -> M
     face_region = np.zeros(len(neutral), dtype=bool)
     face_region[remap[FACE[0] : FACE[1]]] = True
     data = ModelData(
+        lid_margins=lid_margins(neutral, triangles, face_region, landmarks),
         mean=neutral,
         id_basis=raw["identity"][:, keep] - neutral,
         exp_basis=raw["expression"][:, keep] - neutral,
@@ -169,6 +176,7 @@ def import_ict(src: str | Path, name: str = "ict", with_parts: bool = True) -> M
     if with_parts:
         annotation = shipped_parts(len(neutral))
         if annotation is not None:
-            data.parts, data.skin_subset = annotation
+            for key, value in annotation.items():
+                setattr(data, key, value)
             data.meta["parts_source"] = "fit3dmm/data/" + PARTS_RESOURCE
     return data

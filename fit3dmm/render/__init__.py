@@ -1,6 +1,6 @@
 """Rasterization, interpolation, visibility and SH shading (CPU or GPU, whatever the inputs are on)."""
 
-from .rasterizer import EDGE_EPS, Fragments, interpolate, rasterize, vertex_normals, vertex_visibility
+from .rasterizer import EDGE_EPS, Fragments, interpolate, point_visibility, rasterize, vertex_normals, vertex_visibility
 from .shading import SH_COEFFS, render_image, sh_basis, shade
 
 __all__ = [
@@ -8,6 +8,7 @@ __all__ = [
     "Fragments",
     "SH_COEFFS",
     "interpolate",
+    "point_visibility",
     "rasterize",
     "render_image",
     "sh_basis",

@@ -342,17 +342,8 @@ def vertex_visibility(
     visible vertex was called hidden; 1.6-3.8% of the vertices were called visible although
     just behind such a contour.
     """
-    H, W = frags.height, frags.width
-    x, y, z = screen.detach().t().contiguous()
-    inside = (x >= -0.5) & (x < W - 0.5) & (y >= -0.5) & (y < H - 0.5) & (z > 0)
-    # 2x2 neighbourhood: pixel centres floor(x)..floor(x)+1, same for y, clamped to the image.
-    cx = x.nan_to_num(-1.0).clamp(-1, W).floor().long()
-    cy = y.nan_to_num(-1.0).clamp(-1, H).floor().long()
-    xs = cx.clamp(0, W - 1), (cx + 1).clamp(0, W - 1)
-    ys = cy.clamp(0, H - 1) * W, (cy + 1).clamp(0, H - 1) * W
-    flat = torch.cat([yk + xk for yk in ys for xk in xs])  # (4V,)
+    inside, flat, zb, z = _depth_neighbourhood(screen, frags)
     t = frags.tri_id.reshape(-1).index_select(0, flat).clamp_(min=0)
-    zb = frags.zbuf.reshape(-1).index_select(0, flat).view(4, -1)  # +inf where empty: rule 2a
     vid = torch.arange(screen.shape[0], device=screen.device)
     own = torch.zeros_like(zb, dtype=torch.bool)
     for corner in faces.long().t().contiguous():
@@ -361,6 +352,30 @@ def vertex_visibility(
     if normals is not None:
         visible &= normals[:, 2].detach() < 0
     return visible
+
+
+def point_visibility(screen: Tensor, frags: Fragments, depth_tol: float = 0.005) -> Tensor:
+    """Which points that are not mesh vertices (e.g. blends of them) are seen: rules 1, 2a and 2c of
+    :func:`vertex_visibility` (in the image, and nothing in front of them beyond the tolerance at one of
+    the 2x2 pixel centres around them). screen (N, 3) -> (N,) bool."""
+    inside, _, zb, z = _depth_neighbourhood(screen, frags)
+    return inside & (zb * (1.0 + depth_tol) >= z).any(0)
+
+
+def _depth_neighbourhood(screen: Tensor, frags: Fragments) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """For points (N, 3): inside the image (N,), the flat indices of the 2x2 pixel centres around each
+    (4N,), the z-buffer there (4, N; +inf where empty) and the points' depths (N,)."""
+    H, W = frags.height, frags.width
+    x, y, z = screen.detach().t().contiguous()
+    inside = (x >= -0.5) & (x < W - 0.5) & (y >= -0.5) & (y < H - 0.5) & (z > 0)
+    # 2x2 neighbourhood: pixel centres floor(x)..floor(x)+1, same for y, clamped to the image.
+    cx = x.nan_to_num(-1.0).clamp(-1, W).floor().long()
+    cy = y.nan_to_num(-1.0).clamp(-1, H).floor().long()
+    xs = cx.clamp(0, W - 1), (cx + 1).clamp(0, W - 1)
+    ys = cy.clamp(0, H - 1) * W, (cy + 1).clamp(0, H - 1) * W
+    flat = torch.cat([yk + xk for yk in ys for xk in xs])  # (4N,)
+    zb = frags.zbuf.reshape(-1).index_select(0, flat).view(4, -1)  # +inf where empty: rule 2a
+    return inside, flat, zb, z
 
 
 def vertex_normals(verts: Tensor, faces: Tensor) -> Tensor:
