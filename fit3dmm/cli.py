@@ -24,7 +24,7 @@ from rich.table import Table
 # torch is first imported (the commands import it lazily).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .config import FULL_ITERATIONS, MODES  # noqa: E402
+from .config import ANCHOR_GRID, FULL_ITERATIONS, MODES  # noqa: E402
 from .errors import Fit3dmmError, InputError  # noqa: E402
 from .losses import SEGMENTATION_LOSSES  # noqa: E402
 from .perception.segmentation import SEGMENTERS  # noqa: E402
@@ -74,8 +74,10 @@ def main() -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--face", "face_index", default=0, show_default=True, help="Which face, by size (0 = largest).")
 @click.option("--iterations", default=FULL_ITERATIONS, show_default=True, help="Iterations of the final (all-losses) stage.")
+@click.option("--anchors", type=click.IntRange(1, 112), default=ANCHOR_GRID, show_default=True,
+              help="PRDL's anchor grid: N x N anchors over the 224 px crop.")
 @click.option("--overwrite", is_flag=True, help="Replace existing result folders.")
-def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_index, iterations, overwrite) -> None:
+def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_index, iterations, anchors, overwrite) -> None:
     """Fit each INPUT (an image, or a folder of images) and write OUT/<stem>/."""
     from .config import FitConfig
     from .files import check_output_dir, collect_images, read_image
@@ -88,7 +90,7 @@ def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_inde
     try:
         check_output_dir(out)
         config = FitConfig.create(loss=loss, iterations=iterations, seg_weight=seg_weight, mode=mode, model=model,
-                                  segmenter=segmenter, device=device, face_index=face_index)
+                                  segmenter=segmenter, device=device, face_index=face_index, anchor_grid=anchors)
         pipeline = Pipeline(config)
     except (Fit3dmmError, ValueError) as e:
         _fail(_message(e))
@@ -203,6 +205,8 @@ def _eval_options(command):
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--iterations", default=FULL_ITERATIONS, show_default=True,
                      help="Iterations of the final stage (seg-only: the segmentation stage has 60 more)."),
+        click.option("--anchors", type=click.IntRange(1, 112), default=ANCHOR_GRID, show_default=True,
+                     help="PRDL's anchor grid: N x N anchors over the 224 px crop."),
         click.option("--overwrite", is_flag=True, help="Start afresh instead of continuing."),
     ]
     for option in reversed(options):
@@ -211,7 +215,7 @@ def _eval_options(command):
 
 
 def _run_evaluation(data, out, specs, mode, segmenter, fmt, protocol, split, skip, limit, model, device, iterations,
-                    overwrite, subfolders: bool) -> tuple[dict, list[str]]:
+                    anchors, overwrite, subfolders: bool) -> tuple[dict, list[str]]:
     """Fit and score DATA with each (loss, weight) spec; returns (run name -> summary, the selected samples)."""
     from .config import FitConfig
     from .evaluation import evaluate, find_samples, open_run, parse_run_spec, summarize
@@ -227,7 +231,7 @@ def _run_evaluation(data, out, specs, mode, segmenter, fmt, protocol, split, ski
             if loss not in (*SEGMENTATION_LOSSES, "none"):
                 raise ValueError(f"unknown loss '{loss}'; known: {', '.join((*SEGMENTATION_LOSSES, 'none'))}")
             config = FitConfig.create(loss=loss, seg_weight=weight, mode=mode, iterations=iterations, model=model,
-                                      segmenter=segmenter, device=device)
+                                      segmenter=segmenter, device=device, anchor_grid=anchors)
             folder = out / spec if subfolders else out
             open_run(folder, config, data, fmt, overwrite, protocol)
             runs[spec] = (config, folder)
@@ -253,8 +257,8 @@ def _cell(stats: dict) -> str:
 @_eval_options
 @click.option("--loss", type=click.Choice([*SEGMENTATION_LOSSES, "none"]), default="prdl", show_default=True)
 @click.option("--seg-weight", type=float, help="Weight of the segmentation loss (default: the loss's tuned weight).")
-def eval_cmd(data, out, mode, segmenter, fmt, protocol, split, skip, limit, model, device, iterations, overwrite, loss,
-             seg_weight) -> None:
+def eval_cmd(data, out, mode, segmenter, fmt, protocol, split, skip, limit, model, device, iterations, anchors, overwrite,
+             loss, seg_weight) -> None:
     """Fit every photo of DATA (images/ and masks/ of the same stems) and score Part IoU against the masks
     (and the 68-landmark error where a .pts file sits beside a photo): OUT/metrics.csv, landmarks.csv,
     summary.json, chart.png."""
@@ -264,7 +268,7 @@ def eval_cmd(data, out, mode, segmenter, fmt, protocol, split, skip, limit, mode
 
     spec = loss if seg_weight is None else f"{loss}@{seg_weight:g}"
     summaries, _ = _run_evaluation(data, out, [spec], mode, segmenter, fmt, protocol, split, skip, limit, model, device,
-                                   iterations, overwrite, subfolders=False)
+                                   iterations, anchors, overwrite, subfolders=False)
     summary = summaries[spec]
     labels = {**SCORES, "iou": "parsed render vs parsed photo"} if protocol == "paper" else SCORES
     series = {label: summary[key if key != "iou" else "part_iou"] for key, label in labels.items()}
@@ -289,8 +293,8 @@ def eval_cmd(data, out, mode, segmenter, fmt, protocol, split, skip, limit, mode
 @_eval_options
 @click.option("--losses", default=",".join(SEGMENTATION_LOSSES), show_default=True,
               help="Comma-separated losses to compare, each optionally with a weight: prdl,iou@0.05,none.")
-def compare(data, out, mode, segmenter, fmt, protocol, split, skip, limit, model, device, iterations, overwrite,
-            losses) -> None:
+def compare(data, out, mode, segmenter, fmt, protocol, split, skip, limit, model, device, iterations, anchors,
+            overwrite, losses) -> None:
     """Fit every photo of DATA with each loss and compare their Part IoU: OUT/<loss>/ (as eval),
     OUT/compare.csv, compare.png and grid.png."""
     from .evaluation import grid_rows, paired_differences, write_compare, write_paired
@@ -302,7 +306,7 @@ def compare(data, out, mode, segmenter, fmt, protocol, split, skip, limit, model
     if not specs or len(set(specs)) != len(specs):
         _fail("--losses needs distinct, comma-separated names")
     summaries, selected = _run_evaluation(data, out, specs, mode, segmenter, fmt, protocol, split, skip, limit, model,
-                                          device, iterations, overwrite, subfolders=True)
+                                          device, iterations, anchors, overwrite, subfolders=True)
     write_compare(out, summaries)
     n = min(s["photos"] for s in summaries.values())
     iou_chart(out / "compare.png", {spec: s["part_iou"] for spec, s in summaries.items()}, f"--mode {mode}, {n} photos")

@@ -148,7 +148,7 @@ class Fitter:
     def fit(self, target: FitTarget, progress: ProgressCallback | None = None) -> FitResult:
         params = self.init_params(target)
         names = {name for stage in self.config.stages for name, _ in stage.losses}
-        losses = {name: make_loss(name, self.model, target) for name in names}
+        losses = {name: make_loss(name, self.model, target, self.config) for name in names}
         stage_losses, timings = {}, {}
         n = len(self.config.stages)
         for k, stage in enumerate(self.config.stages):

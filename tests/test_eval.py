@@ -96,7 +96,7 @@ def test_eval_rerun_skips_done_photos_and_refuses_another_configuration(data, ev
 def test_compare_runs_each_loss_on_the_same_photos(data, tmp_path):
     out = tmp_path / "cmp"
     result = CliRunner().invoke(main, ["compare", str(data), "-o", str(out), "--losses", "prdl,chamfer",
-                                       "--mode", "seg-only", "--limit", "2", *SHORT])
+                                       "--mode", "seg-only", "--limit", "2", "--anchors", "6", *SHORT])
     assert result.exit_code == 0, result.output
     with open(out / "compare.csv") as f:
         rows = list(csv.DictReader(f))
@@ -105,6 +105,7 @@ def test_compare_runs_each_loss_on_the_same_photos(data, tmp_path):
     for run in ("prdl", "chamfer"):
         config = json.loads((out / run / "config.json").read_text())["fit"]
         assert config["mode"] == "seg-only" and [s["name"] for s in config["stages"]] == ["rigid", "segmentation"]
+        assert config["anchor_grid"] == 6
         assert dict(map(tuple, config["stages"][1]["losses"])).keys() == {run, "reg"}
     grid = cv2.imread(str(out / "grid.png"))
     assert grid.shape == (24 + 2 * 160, 4 * 160, 3)  # header + 2 photos; photo, mask, 2 losses

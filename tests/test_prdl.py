@@ -147,17 +147,32 @@ class _UnevenGrid:
 def test_area_weighted_mean_matches_an_evenly_covered_target():
     """Vertices crowded on one side of a part that fills its mask exactly: the plain vertex mean sees the
     crowd, the area-weighted mean sees the part, so only the latter is near zero at perfect alignment."""
-    model = _UnevenGrid()
-    mask = torch.zeros(64, 64, dtype=torch.bool)
-    mask[12:41, 10:51] = True
-    masks = {name: mask if name == "nose" else torch.zeros_like(mask) for name in PART_NAMES}
-    zeros = torch.zeros(64, 64, dtype=torch.bool)
-    target = FitTarget(image=torch.zeros(64, 64, 3), landmarks68=torch.zeros(68, 2),
-                       labels=np.zeros((64, 64), np.uint8), part_masks=masks, occluded=zeros, face_mask=zeros,
-                       brow_line=None, crop=CropTransform(1.0, (0.0, 0.0), 64))
+    model, target = _UnevenGrid(), _nose_target()
     screen = model.mean.clone()
     visible = torch.ones(len(screen), dtype=torch.bool)
     frame = Frame(vertices=screen, screen=screen, rotation=torch.eye(3), params={}, visible=visible)
     plain = PRDL(model, target, grid=4, area_weighted=False)(frame).item()
     weighted = PRDL(model, target, grid=4)(frame).item()
     assert weighted < 0.1 * plain
+
+
+def test_anchor_grid_comes_from_the_fit_configuration():
+    from fit3dmm.config import FitConfig
+    from fit3dmm.losses import make_loss
+
+    model, target = _UnevenGrid(), _nose_target()
+    for n in (3, 28):
+        assert make_loss("prdl", model, target, FitConfig.create(anchor_grid=n)).anchors.shape == (n * n, 2)
+    assert make_loss("prdl", model, target).anchors.shape == (64, 2)
+    assert make_loss("chamfer", model, target, FitConfig.create(anchor_grid=3)).name == "chamfer"
+
+
+def _nose_target() -> FitTarget:
+    """A 64² target whose only part is a 29 x 41 px nose."""
+    mask = torch.zeros(64, 64, dtype=torch.bool)
+    mask[12:41, 10:51] = True
+    masks = {name: mask if name == "nose" else torch.zeros_like(mask) for name in PART_NAMES}
+    zeros = torch.zeros(64, 64, dtype=torch.bool)
+    return FitTarget(image=torch.zeros(64, 64, 3), landmarks68=torch.zeros(68, 2),
+                     labels=np.zeros((64, 64), np.uint8), part_masks=masks, occluded=zeros, face_mask=zeros,
+                     brow_line=None, crop=CropTransform(1.0, (0.0, 0.0), 64))

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, ClassVar
 from torch import Tensor
 
 if TYPE_CHECKING:
+    from ..config import FitConfig
     from ..models.facemodel import FaceModel
     from ..render import Fragments
     from ..target import FitTarget
@@ -47,6 +48,11 @@ class Loss(ABC):
         self.model = model
         self.target = target
 
+    @classmethod
+    def config_options(cls, config: "FitConfig") -> dict:
+        """Constructor keywords this loss takes from the fit's configuration (e.g. PRDL's anchor grid)."""
+        return {}
+
     @abstractmethod
     def __call__(self, frame: Frame) -> Tensor:
         """The loss value (scalar tensor) for this iteration's frame."""
@@ -60,8 +66,10 @@ def register(cls: type[Loss]) -> type[Loss]:
     return cls
 
 
-def make_loss(name: str, model: "FaceModel", target: "FitTarget") -> Loss:
+def make_loss(name: str, model: "FaceModel", target: "FitTarget", config: "FitConfig | None" = None) -> Loss:
+    """The registered loss ``name`` for this model and target, with its options from ``config`` if given."""
     try:
-        return REGISTRY[name](model, target)
+        cls = REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown loss '{name}'; known: {', '.join(sorted(REGISTRY))}") from None
+    return cls(model, target, **(cls.config_options(config) if config is not None else {}))

@@ -18,14 +18,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..config import ANCHOR_GRID
 from .base import Frame, register
 from .parts import PartSetLoss
-
-#: Anchors per side of the square crop grid (8x8 = 64, every 28 px of the 224 crop). On 12 validation
-#: photos, 8x8, 12x12 and 16x16 gave the same part IoU (59.8/59.9/59.9%) while the cost grows with the
-#: anchor count (README, "PRDL settings").
-ANCHOR_GRID = 8
-
 
 def descriptors(points: Tensor, anchors: Tensor) -> Tensor:
     """(N, 2) points, (A, 2) anchors -> (A, 3): nearest, farthest and mean Euclidean distance."""
@@ -62,6 +57,10 @@ class PRDL(PartSetLoss):
     at a fraction of the backward cost. Dropped points are masked, not removed."""
 
     name = "prdl"
+
+    @classmethod
+    def config_options(cls, config) -> dict:
+        return {"grid": config.anchor_grid}
 
     def __init__(self, model, target, grid: int | None = None, part_weights: dict[str, float] | None = None,
                  area_weighted: bool = True):
