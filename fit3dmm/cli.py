@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -25,7 +24,7 @@ from rich.table import Table
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .config import ANCHOR_GRID, FULL_ITERATIONS, MODES  # noqa: E402
-from .errors import Fit3dmmError, InputError  # noqa: E402
+from .errors import Fit3dmmError, InputError, error_text  # noqa: E402
 from .losses import SEGMENTATION_LOSSES  # noqa: E402
 from .perception.segmentation import SEGMENTERS  # noqa: E402
 
@@ -35,13 +34,6 @@ console = Console(stderr=True, soft_wrap=True)  # messages hold paths: never bre
 def _fail(message: str) -> None:
     console.print(f"[red]error:[/red] {message}")
     sys.exit(1)
-
-
-def _message(error: Exception) -> str:
-    """An error in words: OSError's '[Errno 17] File exists: ...' as 'PATH: File exists'."""
-    if isinstance(error, OSError) and error.strerror:
-        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
-    return str(error)
 
 
 def _progress(transient: bool = False) -> Progress:
@@ -81,7 +73,7 @@ def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_inde
     """Fit each INPUT (an image, or a folder of images) and write OUT/<stem>/."""
     from .config import FitConfig
     from .files import check_output_dir, collect_images, read_image
-    from .outputs import write_result
+    from .outputs import holds_fit, write_result
     from .pipeline import Pipeline
 
     images = collect_images(list(inputs))
@@ -93,7 +85,7 @@ def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_inde
                                   segmenter=segmenter, device=device, face_index=face_index, anchor_grid=anchors)
         pipeline = Pipeline(config)
     except (Fit3dmmError, ValueError) as e:
-        _fail(_message(e))
+        _fail(error_text(e))
 
     def process(path, target_dir, bar):
         stage_task = bar.add_task("", total=1, info="")
@@ -108,47 +100,54 @@ def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_inde
         finally:
             bar.remove_task(stage_task)
 
-    _batch("fit", images, out, overwrite, process)
+    _batch("fit", images, out, overwrite, process, lambda folder: holds_fit(folder, config))
 
 
-def _batch(command: str, images: list[Path], out: Path, overwrite: bool, process) -> None:
-    """Run ``process(path, OUT/<stem>, progress bar)`` on each image: a failure is reported in one line
-    and the batch goes on; a summary table at the end (a single failed input: its line alone); exit
-    status 1 if any image failed."""
-    failed: list[tuple[Path, str]] = []
-    done: list[tuple[Path, float]] = []
-    stems: set[str] = set()
+def _batch(command: str, images: list[Path], out: Path, overwrite: bool, process, existing) -> None:
+    """Run ``process(path, OUT/<stem>, progress bar)`` on each image (``fit3dmm.batch.run_batch``: a
+    finished result is skipped, a failure is reported in one line and the batch goes on). A summary
+    table at the end (a single input: its line alone); exit status 1 if any image failed, 130 on Ctrl-C
+    (finished results stay; the same command continues)."""
+    from .batch import STATUSES, SUMMARY, run_batch
+
+    single = len(images) == 1
+    results = []
     with _progress(transient=True) as bar:
         overall = bar.add_task("images", total=len(images), info="")
-        for path in images:
-            target_dir = out / path.stem
-            t0 = time.perf_counter()
-            if path.stem in stems:
-                failed.append((path, f"another input has the same name (both would write {target_dir})"))
-            elif target_dir.exists() and not overwrite:
-                failed.append((path, f"{target_dir} exists (use --overwrite)"))
-            else:
-                stems.add(path.stem)
-                try:
-                    process(path, target_dir, bar)
-                    done.append((path, time.perf_counter() - t0))
-                except (Fit3dmmError, OSError) as e:
-                    failed.append((path, _message(e)))
-                    if len(images) > 1:
-                        message = failed[-1][1]
-                        console.print(f"[red]failed[/red] {message if message.startswith(str(path)) else f'{path}: {message}'}")
+
+        def on_result(result, index, total):
+            results.append(result)
             bar.advance(overall)
-    if len(images) == 1 and failed:
-        _fail(failed[0][1])
-    table = Table(title=f"fit3dmm {command}: {len(done)} done, {len(failed)} failed")
+            if result.status == "failed" and not single:
+                console.print(f"[red]failed[/red] {result.error}")
+
+        try:
+            run_batch(images, out, lambda path, folder: process(path, folder, bar), existing, overwrite, on_result)
+        except KeyboardInterrupt:
+            bar.stop()
+            console.print(f"[yellow]interrupted[/yellow] after {len(results)} of {len(images)} images; finished "
+                          f"results are kept (see {out / SUMMARY}), run the same command again to continue")
+            sys.exit(130)
+    if single:
+        (result,) = results
+        if result.status == "failed":
+            _fail(result.error)
+        if result.status == "skipped":
+            console.print(f"skipped {result.image}: {out / result.image.stem} holds its result (--overwrite redoes it)")
+            return
+    counts = {status: sum(r.status == status for r in results) for status in STATUSES}
+    table = Table(title=f"fit3dmm {command}: " + ", ".join(f"{n} {status}" for status, n in counts.items()))
     table.add_column("image")
     table.add_column("result")
-    for path, seconds in done:
-        table.add_row(str(path), f"[green]{out / path.stem}[/green] ({seconds:.1f} s)")
-    for path, message in failed:
-        table.add_row(str(path), f"[red]{message}[/red]")
+    for r in results:
+        if r.status == "done":
+            table.add_row(str(r.image), f"[green]{out / r.image.stem}[/green] ({r.seconds:.1f} s)")
+        elif r.status == "skipped":
+            table.add_row(str(r.image), f"{out / r.image.stem} (already there: skipped)")
+        else:
+            table.add_row(str(r.image), f"[red]{r.error}[/red]")
     console.print(table)
-    if failed:
+    if counts["failed"]:
         sys.exit(1)
 
 
@@ -162,7 +161,7 @@ def parse(inputs, out, weights, device, overwrite) -> None:
     """Segment the face parts of each INPUT (an image, or a folder of images): OUT/<stem>/labels.png
     (CelebAMask-HQ ids) and overlay.png. Every face in a photo is parsed."""
     from .files import check_output_dir, collect_images, read_image
-    from .outputs import write_parse_result
+    from .outputs import holds_parse, write_parse_result
     from .pipeline import ParsePipeline
 
     images = collect_images(list(inputs))
@@ -172,13 +171,13 @@ def parse(inputs, out, weights, device, overwrite) -> None:
         check_output_dir(out)
         pipeline = ParsePipeline(device=device, weights=weights)
     except Fit3dmmError as e:
-        _fail(_message(e))
+        _fail(error_text(e))
 
     def process(path, target_dir, bar):
         image = read_image(path)
         write_parse_result(image, pipeline.parse(image), target_dir, overwrite=overwrite)
 
-    _batch("parse", images, out, overwrite, process)
+    _batch("parse", images, out, overwrite, process, holds_parse)
 
 
 def _eval_options(command):
@@ -237,7 +236,7 @@ def _run_evaluation(data, out, specs, mode, segmenter, fmt, protocol, split, ski
             runs[spec] = (config, folder)
         pipeline = Pipeline(next(iter(runs.values()))[0])
     except (Fit3dmmError, ValueError, OSError) as e:
-        _fail(_message(e))
+        _fail(error_text(e))
     with _progress() as bar:
         task = bar.add_task("fitting", total=len(samples), info="")
         failures = evaluate(pipeline, samples, runs, fmt,
@@ -358,7 +357,7 @@ def import_ict_cmd(src, name, out, no_parts) -> None:
         data = import_ict(src, name=name, with_parts=not no_parts)
         path = save_model(data, out or install_dir() / f"{name}.npz")
     except (Fit3dmmError, OSError) as e:
-        _fail(_message(e))
+        _fail(error_text(e))
     parts = "with part annotation" if data.has_parts else "[yellow]without part annotation[/yellow]"
     console.print(f"installed model '{name}' ({data.n_vertices} vertices, {len(data.triangles)} triangles, {parts}) at {path}")
 
@@ -380,7 +379,7 @@ def convert_bfm_cmd(bfm, exp, index, name, out) -> None:
         data = convert_bfm(bfm, exp, index, name=name)
         path = save_model(data, out or install_dir() / f"{name}.npz")
     except (Fit3dmmError, OSError) as e:
-        _fail(_message(e))
+        _fail(error_text(e))
     console.print(f"installed model '{name}' ({data.n_vertices} vertices, {len(data.triangles)} triangles, "
                   f"[yellow]without part annotation[/yellow]: run `fit3dmm model annotate {name} ...`) at {path}")
 
@@ -418,7 +417,7 @@ def show_cmd(model_name, out) -> None:
         model = FaceModel(load_model(resolve_model(model_name)))
         write_png(out, model_views(model))
     except (Fit3dmmError, OSError) as e:
-        _fail(_message(e))
+        _fail(error_text(e))
     console.print(f"wrote {out}")
 
 
@@ -447,7 +446,7 @@ def annotate_cmd(model_name, images, masks, limit, check, export) -> None:
                 raise InputError(f"--export {export} is a folder; name a .npz file")
             check_output_dir(export.parent)
     except Fit3dmmError as e:
-        _fail(_message(e))
+        _fail(error_text(e))
     train = split_pairs(pairs, "train")[:limit]
     val = split_pairs(pairs, "val")[:check]
     with _progress() as bar:
@@ -463,7 +462,7 @@ def annotate_cmd(model_name, images, masks, limit, check, export) -> None:
                 tmp, parts=result.parts.astype(np.int8), skin_subset=result.skin_subset.astype(np.int32),
                 mean_texture=(result.mean_texture * 255).round().astype(np.uint8)))
     except OSError as e:
-        _fail(_message(e))
+        _fail(error_text(e))
     counts = {name: int((result.parts == k).sum()) for k, name in enumerate(PART_NAMES)}
     console.print(f"voted on {result.photos_used} photos; vertices per part: {counts}")
     if val:
@@ -509,7 +508,7 @@ def parser_train_cmd(data, out, epochs, batch_size, lr, prior, seed, limit, val_
                              limit=limit, val_limit=val_limit, device=str(resolve_device(device)))
         out.parent.mkdir(parents=True, exist_ok=True)
     except (Fit3dmmError, OSError) as e:
-        _fail(_message(e))
+        _fail(error_text(e))
 
     def on_epoch(record):
         val = record["val_iou"]
@@ -528,5 +527,5 @@ def parser_train_cmd(data, out, epochs, batch_size, lr, prior, seed, limit, val_
         try:
             record = train(data, out, config, resume=resume, on_epoch=on_epoch, on_stage=on_stage)
         except (Fit3dmmError, OSError) as e:
-            _fail(_message(e))
+            _fail(error_text(e))
     console.print(f"wrote {out} (validation IoU {record['val_iou']['mean']:.4f})")

@@ -15,3 +15,10 @@ class InputError(Fit3dmmError):
 
 class ModelError(Fit3dmmError):
     """A model file is missing or inconsistent."""
+
+
+def error_text(error: BaseException) -> str:
+    """An error in words: OSError's '[Errno 17] File exists: ...' as 'PATH: File exists'."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    return str(error)

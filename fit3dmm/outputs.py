@@ -21,7 +21,9 @@ import trimesh
 
 from . import __version__
 from .appearance import vertex_albedo
+from .config import FitConfig
 from .datasets import LABEL_NAMES
+from .errors import InputError
 from .models.facemodel import PART_CELEBA_IDS, PART_NAMES
 from .pipeline import FitOutput
 from .render import rasterize, vertex_normals
@@ -206,6 +208,28 @@ def legend(labels: np.ndarray, height: int) -> np.ndarray:
         cv2.rectangle(out, (10, y), (30, y + 16), PART_COLOURS[label], -1)
         cv2.putText(out, LABEL_NAMES[label], (38, y + 13), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     return out
+
+
+def holds_fit(folder: Path, config: FitConfig) -> bool:
+    """True if ``folder`` holds a finished fit made with ``config`` (its params.json); InputError if it
+    holds something else, which only ``--overwrite`` may replace."""
+    params = Path(folder) / "params.json"
+    if not params.is_file():
+        raise InputError(f"{folder} exists but holds no fit3dmm result (--overwrite replaces it)")
+    try:
+        saved = json.loads(params.read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise InputError(f"{params} is unreadable (--overwrite fits the photo again)") from None
+    if saved != json.loads(json.dumps(config.to_dict())):
+        raise InputError(f"{folder} holds a fit made with other settings (--overwrite refits it with these)")
+    return True
+
+
+def holds_parse(folder: Path) -> bool:
+    """True if ``folder`` holds a finished ``fit3dmm parse`` result; InputError if it holds something else."""
+    if not (Path(folder) / "labels.png").is_file():
+        raise InputError(f"{folder} exists but holds no fit3dmm parse result (--overwrite replaces it)")
+    return True
 
 
 def write_parse_result(image: np.ndarray, labels: np.ndarray, folder: str | os.PathLike, overwrite: bool = False) -> Path:

@@ -1,7 +1,9 @@
 """The command line: outputs, batch behaviour and error handling."""
 
+import csv
 import json
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -32,7 +34,11 @@ def test_batch_goes_on_after_failures_and_exits_non_zero(batch):
     assert "Traceback" not in result.output
     assert "notes.jpg" in result.output and "not a readable image" in result.output
     assert "grey.png" in result.output and "no face" in result.output
-    assert sorted(p.name for p in out.iterdir()) == ["lenna"]  # nothing half-written, no temp folders
+    assert sorted(p.name for p in out.iterdir()) == ["lenna", "summary.csv"]  # nothing half-written, no temporaries
+    with open(out / "summary.csv", newline="") as f:
+        rows = {Path(r["image"]).name: r for r in csv.DictReader(f)}
+    assert {name: r["status"] for name, r in rows.items()} == {"grey.png": "failed", PHOTO: "done", "notes.jpg": "failed"}
+    assert "no face" in rows["grey.png"]["error"] and float(rows[PHOTO]["seconds"]) > 0 and rows[PHOTO]["error"] == ""
 
 
 def test_output_files_follow_their_formats(batch, shared_dir):
@@ -59,11 +65,15 @@ def test_output_files_follow_their_formats(batch, shared_dir):
     assert "prdl" in params["stage_losses"]["full"]
 
 
-def test_existing_result_needs_overwrite(batch, shared_dir):
-    _, out, _ = batch
+def test_rerun_skips_finished_results_and_refits_only_with_overwrite(batch, shared_dir):
+    inputs, out, _ = batch
+    mtime = (out / "lenna" / "params.json").stat().st_mtime_ns
+    again = CliRunner().invoke(main, ["fit", str(inputs / PHOTO), "-o", str(out), "--iterations", "30"])
+    assert again.exit_code == 0 and "skipped" in again.output and "--overwrite" in again.output
+    assert (out / "lenna" / "params.json").stat().st_mtime_ns == mtime
     photo = str(shared_dir / "data" / "landmarks-68" / PHOTO)
-    again = CliRunner().invoke(main, ["fit", photo, "-o", str(out), "--iterations", "5"])
-    assert again.exit_code == 1 and "--overwrite" in again.output
+    other = CliRunner().invoke(main, ["fit", photo, "-o", str(out), "--iterations", "5"])
+    assert other.exit_code == 1 and "other settings" in other.output and "--overwrite" in other.output
     replaced = CliRunner().invoke(main, ["fit", photo, "-o", str(out), "--iterations", "5", "--overwrite"])
     assert replaced.exit_code == 0, replaced.output
     assert json.loads((out / "lenna" / "params.json").read_text())["config"]["stages"][-1]["iterations"] == 5

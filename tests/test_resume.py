@@ -1,0 +1,89 @@
+"""Interrupted batches: killed at random points and resumed, every good photo is fitted exactly once;
+Ctrl-C stops cleanly. Real processes, real photos."""
+
+import csv
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+FIT = [str(Path(sys.executable).parent / "fit3dmm"), "fit"]
+QUICK = ["--iterations", "1"]
+
+
+@pytest.fixture(scope="module")
+def inputs(shared_dir, tmp_path_factory):
+    """11 CelebAMask-HQ photos and one broken file: 12 inputs."""
+    folder = tmp_path_factory.mktemp("inputs")
+    for photo in sorted((shared_dir / "data" / "celebamask-hq" / "images").glob("*.jpg"))[:11]:
+        shutil.copy(photo, folder / photo.name)
+    (folder / "zz_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")  # sorts last
+    return folder
+
+
+def _results(out: Path) -> dict[str, tuple[int, int]]:
+    """Each finished result's params.json identity (inode, modification time)."""
+    return {p.parent.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*/params.json")}
+
+
+def _visible(out: Path) -> set[str]:
+    return {p.name for p in out.iterdir() if not p.name.startswith(".")} if out.exists() else set()
+
+
+def test_killed_batch_resumes_fitting_each_photo_once(inputs, tmp_path):
+    out = tmp_path / "out"
+    rng = random.Random(7)
+    seen: dict[str, tuple[int, int]] = {}
+    kills = 0
+    for _ in range(3):
+        process = subprocess.Popen([*FIT, str(inputs), "-o", str(out), *QUICK], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        # Kill at a random point after the next photo finishes: mid-fit, mid-write or between photos.
+        deadline = time.monotonic() + 300
+        while len(_results(out)) <= len(seen) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(rng.uniform(0.0, 3.0))
+        if process.poll() is not None:
+            break
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        kills += 1
+        results = _results(out)
+        assert all(results[stem] == identity for stem, identity in seen.items()), "a finished photo was fitted again"
+        seen = results
+        # Only whole results (and the summary) are visible; a photo cut off mid-fit left nothing visible.
+        assert _visible(out) <= set(results) | {"summary.csv"}
+    assert kills == 3 and 3 <= len(seen) < 11
+    final = subprocess.run([*FIT, str(inputs), "-o", str(out), *QUICK], capture_output=True, text=True, timeout=600)
+    assert final.returncode == 1 and "Traceback" not in final.stderr  # zz_broken.jpg failed, the rest fitted
+    results = _results(out)
+    assert len(results) == 11 and all(results[stem] == identity for stem, identity in seen.items())
+    with open(out / "summary.csv", newline="") as f:
+        rows = {Path(r["image"]).stem: r["status"] for r in csv.DictReader(f)}
+    assert rows.pop("zz_broken") == "failed"
+    assert rows == {stem: "skipped" if stem in seen else "done" for stem in results}
+    assert sorted(out.iterdir()) == sorted([out / "summary.csv", *(out / stem for stem in results)])  # no temporaries
+
+
+def test_ctrl_c_stops_cleanly_keeping_finished_results(inputs, tmp_path):
+    out = tmp_path / "out"
+    process = subprocess.Popen([*FIT, str(inputs), "-o", str(out), *QUICK], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not _results(out) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # into the next photo's fit
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted after") and "same command" in lines[0]
+    results = _results(out)
+    assert results and sorted(out.iterdir()) == sorted([out / "summary.csv", *(out / stem for stem in results)])
+    with open(out / "summary.csv", newline="") as f:
+        assert {Path(r["image"]).stem for r in csv.DictReader(f) if r["status"] == "done"} == set(results)
