@@ -17,13 +17,14 @@ MODEL_TO_CAMERA = (1.0, -1.0, -1.0)
 
 
 def rotation_matrix(angles: Tensor) -> Tensor:
-    """(3,) pitch, yaw, roll in radians (about camera x, y, z) -> (3, 3) R = Rz @ Ry @ Rx."""
+    """(..., 3) pitch, yaw, roll in radians (about camera x, y, z) -> (..., 3, 3) R = Rz @ Ry @ Rx."""
     cx, cy, cz = torch.cos(angles).unbind(-1)
     sx, sy, sz = torch.sin(angles).unbind(-1)
     one, zero = torch.ones_like(cx), torch.zeros_like(cx)
-    rx = torch.stack([one, zero, zero, zero, cx, -sx, zero, sx, cx]).reshape(3, 3)
-    ry = torch.stack([cy, zero, sy, zero, one, zero, -sy, zero, cy]).reshape(3, 3)
-    rz = torch.stack([cz, -sz, zero, sz, cz, zero, zero, zero, one]).reshape(3, 3)
+    shape = (*angles.shape[:-1], 3, 3)
+    rx = torch.stack([one, zero, zero, zero, cx, -sx, zero, sx, cx], -1).reshape(shape)
+    ry = torch.stack([cy, zero, sy, zero, one, zero, -sy, zero, cy], -1).reshape(shape)
+    rz = torch.stack([cz, -sz, zero, sz, cz, zero, zero, zero, one], -1).reshape(shape)
     return rz @ ry @ rx
 
 
@@ -43,15 +44,15 @@ class Camera:
         return (self.size - 1) / 2.0
 
     def to_camera(self, vertices: Tensor, angles: Tensor, translation: Tensor) -> Tensor:
-        """(V, 3) model-frame vertices -> (V, 3) camera frame."""
+        """(..., V, 3) model-frame vertices, (..., 3) angles and translation -> (..., V, 3) camera frame."""
         flip = vertices.new_tensor(MODEL_TO_CAMERA)
-        return (vertices * flip) @ rotation_matrix(angles).T + translation
+        return (vertices * flip) @ rotation_matrix(angles).transpose(-1, -2) + translation.unsqueeze(-2)
 
     def project(self, cam_points: Tensor) -> Tensor:
-        """(V, 3) camera frame -> (V, 3) screen: x, y in crop pixels, z the camera depth."""
-        z = cam_points[:, 2:3]
-        xy = self.focal * cam_points[:, :2] / z + self.center
-        return torch.cat([xy, z], dim=1)
+        """(..., V, 3) camera frame -> (..., V, 3) screen: x, y in crop pixels, z the camera depth."""
+        z = cam_points[..., 2:3]
+        xy = self.focal * cam_points[..., :2] / z + self.center
+        return torch.cat([xy, z], dim=-1)
 
     def depth_for_width(self, width_model: float, width_pixels: float) -> float:
         """Distance at which a model length spans the given number of pixels (rigid initialization)."""

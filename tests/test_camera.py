@@ -25,6 +25,18 @@ def test_projection_of_known_points():
     assert cam.depth_for_width(10.0, 89.6) == pytest.approx(100.0)
 
 
+def test_batched_pose_and_projection_equal_one_by_one():
+    g = torch.Generator().manual_seed(3)
+    cam = Camera.for_crop(224, 4.53)
+    verts, angles = torch.randn(4, 50, 3, generator=g), 0.4 * torch.randn(4, 3, generator=g)
+    translation = torch.randn(4, 3, generator=g) + torch.tensor([0.0, 0.0, 60.0])
+    batched = cam.project(cam.to_camera(verts, angles, translation))
+    assert rotation_matrix(angles).shape == (4, 3, 3) and batched.shape == (4, 50, 3)
+    for b in range(4):
+        one = cam.project(cam.to_camera(verts[b], angles[b], translation[b]))
+        assert torch.allclose(batched[b], one, atol=1e-5)
+
+
 def test_crop_transform_round_trip_and_warp():
     pts = np.array([[100.0, 150.0], [300.0, 380.0]])
     crop = CropTransform.around(pts, 224, 1.5)

@@ -80,6 +80,9 @@ def test_module_maps_coefficients_to_vertices(ict):
     expected = ict.mean + ict.id_basis[5] + 0.5 * ict.exp_basis[26]
     assert torch.allclose(v, torch.from_numpy(expected), atol=1e-4)
     assert m.expression_range == (0.0, 1.0)
+    batch = m(torch.stack([ident, -ident, torch.zeros_like(ident)]), torch.stack([expr, expr, 2 * expr]))
+    assert batch.shape == (3, m.n_vertices, 3) and torch.allclose(batch[0], v)
+    assert torch.allclose(batch[2], m(torch.zeros_like(ident), 2 * expr))
 
 
 def _write_obj(path, verts, faces=None):
