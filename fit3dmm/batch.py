@@ -2,7 +2,8 @@
 
 A photo's result folder appears whole or not at all (it is written under a hidden temporary name and
 renamed), so its presence means done: a rerun of the same command skips it, and a killed run leaves
-only hidden temporaries, which the next run of that photo removes.
+only hidden temporaries, which the next run of that photo removes. With ``workers`` > 1 the photos are
+handed out one at a time to that many spawned processes, each loading the models once.
 """
 
 from __future__ import annotations
@@ -10,14 +11,21 @@ from __future__ import annotations
 import csv
 import glob
 import io
+import multiprocessing as mp
+import os
+import queue
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import FitConfig
 from .errors import Fit3dmmError, error_text
-from .outputs import write_text
+from .files import read_image
+from .outputs import write_result, write_text
+from .pipeline import Pipeline
 
 STATUSES = ("done", "skipped", "failed")
 SUMMARY = "summary.csv"
@@ -33,6 +41,36 @@ class ItemResult:
     error: str = ""
 
 
+class FitJob:
+    """Fit one photo into its result folder: ``job(image, folder, progress=None)``. Picklable, so
+    worker processes can run it; the pipeline (models) is built on first use in each process."""
+
+    def __init__(self, config: FitConfig, overwrite: bool = False):
+        self.config = config
+        self.overwrite = overwrite
+        self._pipeline = None
+
+    def __getstate__(self) -> dict:
+        return {"config": self.config, "overwrite": self.overwrite, "_pipeline": None}
+
+    def for_worker(self, index: int) -> "FitJob":
+        """This job in worker ``index``: with ``device`` auto and GPUs present, on GPU index mod count."""
+        import torch
+
+        if self.config.device == "auto" and torch.cuda.is_available():
+            return FitJob(self.config.with_(device=f"cuda:{index % torch.cuda.device_count()}"), self.overwrite)
+        return self
+
+    def pipeline(self) -> Pipeline:
+        """The models, loaded on first use in this process."""
+        if self._pipeline is None:
+            self._pipeline = Pipeline(self.config)
+        return self._pipeline
+
+    def __call__(self, image: Path, folder: Path, progress=None) -> None:
+        write_result(self.pipeline().fit(read_image(image), progress), folder, str(image), overwrite=self.overwrite)
+
+
 def run_batch(
     images: list[Path],
     out: Path,
@@ -40,6 +78,7 @@ def run_batch(
     existing: Callable[[Path], bool],
     overwrite: bool = False,
     on_result: Callable[[ItemResult, int, int], None] | None = None,
+    workers: int = 1,
 ) -> list[ItemResult]:
     """Run ``process(image, OUT/<stem>)`` on each image, which must write that folder atomically.
 
@@ -47,35 +86,132 @@ def run_batch(
     photo, a :class:`Fit3dmmError` fails it with that message. A failure (Fit3dmmError, OSError) is
     recorded and the batch goes on. With more than one image, OUT/summary.csv is rewritten after each,
     so after an interruption (a KeyboardInterrupt propagates) it lists the photos handled so far.
-    ``on_result(result, index, total)`` is called after each photo.
+    ``on_result(result, handled, total)`` is called after each photo. With ``workers`` > 1, ``process``
+    must be picklable (e.g. a :class:`FitJob`) and the photos run in that many spawned processes; a worker
+    that dies fails its photo and is replaced.
     """
     results: list[ItemResult] = []
-    stems: set[str] = set()
     for stale in out.glob(".summary.*.csv"):  # a summary being written when a run was killed
         stale.unlink(missing_ok=True)
-    for k, image in enumerate(images):
+
+    def record(result: ItemResult) -> None:
+        results.append(result)
+        if len(images) > 1:
+            write_summary(out, results)
+        if on_result is not None:
+            on_result(result, len(results), len(images))
+
+    todo: list[Path] = []
+    stems: set[str] = set()
+    for image in images:
         folder = out / image.stem
-        t0 = time.perf_counter()
         try:
             if image.stem in stems:
                 raise Fit3dmmError(f"another input has the same name (both would write {folder})")
             stems.add(image.stem)
             _remove_stale(folder)
             if folder.exists() and not overwrite and existing(folder):
-                result = ItemResult(image, "skipped")
+                record(ItemResult(image, "skipped"))
             else:
-                process(image, folder)
-                result = ItemResult(image, "done", time.perf_counter() - t0)
+                todo.append(image)
         except (Fit3dmmError, OSError) as e:
-            message = error_text(e)
-            result = ItemResult(image, "failed", time.perf_counter() - t0,
-                                message if message.startswith(str(image)) else f"{image}: {message}")
-        results.append(result)
-        if len(images) > 1:
-            write_summary(out, results)
-        if on_result is not None:
-            on_result(result, k, len(images))
+            record(_failed(image, error_text(e)))
+    if workers > 1 and len(todo) > 1:
+        for image, seconds, error in _run_workers(process, [(p, out / p.stem) for p in todo], workers):
+            record(_failed(image, error, seconds) if error is not None else ItemResult(image, "done", seconds))
+        return results
+    for image in todo:
+        t0 = time.perf_counter()
+        try:
+            process(image, out / image.stem)
+            record(ItemResult(image, "done", time.perf_counter() - t0))
+        except (Fit3dmmError, OSError) as e:
+            record(_failed(image, error_text(e), time.perf_counter() - t0))
     return results
+
+
+def _failed(image: Path, message: str, seconds: float = 0.0) -> ItemResult:
+    return ItemResult(image, "failed", seconds, message if message.startswith(str(image)) else f"{image}: {message}")
+
+
+def _run_workers(process, tasks: list[tuple[Path, Path]], workers: int):
+    """Yield (image, seconds, error message or None) as ``workers`` spawned processes finish ``tasks``.
+    Workers ignore Ctrl-C; the parent's KeyboardInterrupt terminates them (their hidden temporaries are
+    removed by the next run)."""
+    context = mp.get_context("spawn")
+    tasks_q, results_q = context.Queue(), context.Queue()
+    for k, task in enumerate(tasks):
+        tasks_q.put((k, *task))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    pool: dict[int, mp.Process] = {}
+    running: dict[int, int] = {}  # worker index -> task index it is on
+    next_index = 0
+
+    def start() -> None:
+        nonlocal next_index
+        worker = context.Process(target=_worker, args=(process, next_index, threads, tasks_q, results_q), daemon=True)
+        worker.start()
+        pool[next_index] = worker
+        next_index += 1
+
+    try:
+        for _ in range(min(workers, len(tasks))):
+            start()
+        left = len(tasks)
+        while left:
+            try:
+                kind, worker, k, *rest = results_q.get(timeout=1.0)
+            except queue.Empty:
+                for index, proc in list(pool.items()):
+                    if not proc.is_alive():  # died without reporting (killed, out of memory)
+                        del pool[index]
+                        k = running.pop(index, None)
+                        if k is not None:
+                            left -= 1
+                            yield tasks[k][0], 0.0, f"the worker process died (exit status {proc.exitcode})"
+                        if left > len(pool):
+                            start()
+                continue
+            if kind == "start":
+                running[worker] = k
+            else:
+                running.pop(worker, None)
+                left -= 1
+                yield tasks[k][0], *rest
+        for _ in pool:
+            tasks_q.put(None)
+    finally:
+        tasks_q.cancel_join_thread()  # exit without waiting for unconsumed tasks to be flushed
+        for proc in pool.values():
+            if proc.is_alive():
+                proc.terminate()
+        for proc in pool.values():
+            proc.join()
+
+
+def _worker(process, index: int, threads: int, tasks_q, results_q) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C stops
+    import torch
+
+    torch.set_num_threads(threads)
+    if hasattr(process, "for_worker"):
+        process = process.for_worker(index)
+    while True:
+        try:
+            task = tasks_q.get(timeout=1.0)
+        except queue.Empty:
+            return  # every task handed out
+        if task is None:
+            return
+        k, image, folder = task
+        results_q.put(("start", index, k))
+        t0 = time.perf_counter()
+        try:
+            process(image, folder)
+            error = None
+        except (Fit3dmmError, OSError) as e:
+            error = error_text(e)
+        results_q.put(("done", index, k, time.perf_counter() - t0, error))
 
 
 def _remove_stale(folder: Path) -> None:

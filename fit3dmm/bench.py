@@ -1,7 +1,7 @@
 """`make bench`: speed and accuracy on the shared photos (medians of several runs).
 
 Run as ``python -m fit3dmm.bench [--photos N] [--iou N] [--seg N]``; reads ``$FIT3DMM_SHARED`` (default
-../shared). Targets (2-core CPU, default settings): full fit <= 10 s, PRDL forward+backward <= 10 ms,
+../shared). Targets (2-core CPU, default settings): full fit <= 6 s, PRDL forward+backward <= 15 ms,
 rasterization at 224² <= 10 ms, face parser <= 150 ms per face.
 """
 
@@ -13,6 +13,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see cli.py; before torch 
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -21,6 +22,7 @@ import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from .batch import FitJob, run_batch  # noqa: E402
 from .config import FitConfig  # noqa: E402
 from .datasets import image_mask_pairs, read_pts, split_pairs  # noqa: E402
 from .files import read_image  # noqa: E402
@@ -46,11 +48,28 @@ def median_ms(fn, runs: int = 30) -> float:
     return statistics.median(times) * 1e3
 
 
+def throughput(photos: list[Path], console: Console) -> None:
+    """Photos per second over a folder as `fit3dmm fit DIR` runs it, model loading included: one by one
+    in this process, and in 2 worker processes."""
+    table = Table(title=f"folder throughput, {len(photos)} photos of shared/data/photos, models loaded included")
+    for col in ("how", "photos/s", "s per photo", "failed"):
+        table.add_column(col, justify="left" if col == "how" else "right")
+    for how, workers in (("one by one", 1), ("--workers 2", 2)):
+        with tempfile.TemporaryDirectory() as out:
+            t0 = time.perf_counter()
+            results = run_batch(photos, Path(out), FitJob(FitConfig()), lambda folder: False, workers=workers)
+            seconds = time.perf_counter() - t0
+        table.add_row(how, f"{len(photos) / seconds:.3f}", f"{seconds / len(photos):.2f}",
+                      str(sum(r.status == "failed" for r in results)))
+    console.print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--photos", type=int, default=5, help="photos from shared/data/photos to time full fits on")
     parser.add_argument("--iou", type=int, default=20, help="validation photos for the fit's part IoU per segmenter and loss")
     parser.add_argument("--seg", type=int, default=0, help="validation photos for the segmenters' part IoU (0 = all)")
+    parser.add_argument("--batch", type=int, default=8, help="photos of shared/data/photos for the folder throughput (0: skip)")
     args = parser.parse_args()
     shared = Path(os.environ.get("FIT3DMM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
     console = Console()
@@ -69,6 +88,9 @@ def main() -> None:
     for k, v in stage_times.items():
         table.add_row(k, f"{statistics.median(v):.3f}")
     console.print(table)
+
+    if args.batch:
+        throughput(sorted((shared / "data" / "photos").iterdir())[-args.batch :], console)
 
     # Micro-benchmarks on the last fit's real target and final geometry.
     frame = out.result.frame

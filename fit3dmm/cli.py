@@ -68,13 +68,19 @@ def main() -> None:
 @click.option("--iterations", default=FULL_ITERATIONS, show_default=True, help="Iterations of the final (all-losses) stage.")
 @click.option("--anchors", type=click.IntRange(1, 112), default=ANCHOR_GRID, show_default=True,
               help="PRDL's anchor grid: N x N anchors over the 224 px crop.")
-@click.option("--overwrite", is_flag=True, help="Replace existing result folders.")
-def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_index, iterations, anchors, overwrite) -> None:
-    """Fit each INPUT (an image, or a folder of images) and write OUT/<stem>/."""
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Fit in N local processes (spawned; each loads the models once; with GPUs, worker i uses GPU i mod count).")
+@click.option("--overwrite", is_flag=True, help="Refit photos whose result folder exists (default: skip them).")
+def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_index, iterations, anchors, workers,
+        overwrite) -> None:
+    """Fit each INPUT (an image, or a folder of images) and write OUT/<stem>/. Photos whose result is
+    already in OUT are skipped, so an interrupted run continues where it stopped."""
+    from .batch import FitJob
     from .config import FitConfig
-    from .files import check_output_dir, collect_images, read_image
-    from .outputs import holds_fit, write_result
-    from .pipeline import Pipeline
+    from .files import check_output_dir, collect_images
+    from .models import load_model, resolve_model
+    from .outputs import holds_fit
+    from .pipeline import resolve_device
 
     images = collect_images(list(inputs))
     if not images:
@@ -83,7 +89,12 @@ def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_inde
         check_output_dir(out)
         config = FitConfig.create(loss=loss, iterations=iterations, seg_weight=seg_weight, mode=mode, model=model,
                                   segmenter=segmenter, device=device, face_index=face_index, anchor_grid=anchors)
-        pipeline = Pipeline(config)
+        job = FitJob(config, overwrite)
+        if workers > 1:  # the workers load the models; check here what can be wrong with them, once
+            resolve_device(config.device)
+            load_model(resolve_model(config.model))
+        else:
+            job.pipeline()
     except (Fit3dmmError, ValueError) as e:
         _fail(error_text(e))
 
@@ -96,18 +107,21 @@ def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_inde
                        info=" ".join(f"{k}={v:.3g}" for k, v in p.losses.items()))
 
         try:
-            write_result(pipeline.fit(read_image(path), on_progress), target_dir, str(path), overwrite=overwrite)
+            job(path, target_dir, on_progress)
         finally:
             bar.remove_task(stage_task)
 
-    _batch("fit", images, out, overwrite, process, lambda folder: holds_fit(folder, config))
+    _batch("fit", images, out, overwrite, process, lambda folder: holds_fit(folder, config),
+           job if workers > 1 else None, workers)
 
 
-def _batch(command: str, images: list[Path], out: Path, overwrite: bool, process, existing) -> None:
-    """Run ``process(path, OUT/<stem>, progress bar)`` on each image (``fit3dmm.batch.run_batch``: a
-    finished result is skipped, a failure is reported in one line and the batch goes on). A summary
-    table at the end (a single input: its line alone); exit status 1 if any image failed, 130 on Ctrl-C
-    (finished results stay; the same command continues)."""
+def _batch(command: str, images: list[Path], out: Path, overwrite: bool, process, existing, job=None,
+           workers: int = 1) -> None:
+    """Run ``process(path, OUT/<stem>, progress bar)`` on each image, or the picklable ``job(path,
+    OUT/<stem>)`` in ``workers`` processes (``fit3dmm.batch.run_batch``: a finished result is skipped, a
+    failure is reported in one line and the batch goes on). A summary table at the end (a single input:
+    its line alone); exit status 1 if any image failed, 130 on Ctrl-C (finished results stay; the same
+    command continues)."""
     from .batch import STATUSES, SUMMARY, run_batch
 
     single = len(images) == 1
@@ -122,7 +136,8 @@ def _batch(command: str, images: list[Path], out: Path, overwrite: bool, process
                 console.print(f"[red]failed[/red] {result.error}")
 
         try:
-            run_batch(images, out, lambda path, folder: process(path, folder, bar), existing, overwrite, on_result)
+            run_batch(images, out, job if job is not None else (lambda path, folder: process(path, folder, bar)),
+                      existing, overwrite, on_result, workers)
         except KeyboardInterrupt:
             bar.stop()
             console.print(f"[yellow]interrupted[/yellow] after {len(results)} of {len(images)} images; finished "

@@ -211,8 +211,8 @@ def legend(labels: np.ndarray, height: int) -> np.ndarray:
 
 
 def holds_fit(folder: Path, config: FitConfig) -> bool:
-    """True if ``folder`` holds a finished fit made with ``config`` (its params.json); InputError if it
-    holds something else, which only ``--overwrite`` may replace."""
+    """True if ``folder`` holds a finished fit made with ``config`` (its params.json; the device it ran
+    on aside); InputError if it holds something else, which only ``--overwrite`` may replace."""
     params = Path(folder) / "params.json"
     if not params.is_file():
         raise InputError(f"{folder} exists but holds no fit3dmm result (--overwrite replaces it)")
@@ -220,7 +220,8 @@ def holds_fit(folder: Path, config: FitConfig) -> bool:
         saved = json.loads(params.read_text())["config"]
     except (OSError, ValueError, KeyError, TypeError):
         raise InputError(f"{params} is unreadable (--overwrite fits the photo again)") from None
-    if saved != json.loads(json.dumps(config.to_dict())):
+    wanted = json.loads(json.dumps(config.to_dict()))
+    if {k: v for k, v in saved.items() if k != "device"} != {k: v for k, v in wanted.items() if k != "device"}:
         raise InputError(f"{folder} holds a fit made with other settings (--overwrite refits it with these)")
     return True
 

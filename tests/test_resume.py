@@ -87,3 +87,27 @@ def test_ctrl_c_stops_cleanly_keeping_finished_results(inputs, tmp_path):
     assert results and sorted(out.iterdir()) == sorted([out / "summary.csv", *(out / stem for stem in results)])
     with open(out / "summary.csv", newline="") as f:
         assert {Path(r["image"]).stem for r in csv.DictReader(f) if r["status"] == "done"} == set(results)
+
+
+def test_workers_fit_every_photo_once_and_stop_on_ctrl_c(inputs, tmp_path):
+    out = tmp_path / "out"
+    process = subprocess.Popen([*FIT, str(inputs), "-o", str(out), *QUICK, "--workers", "2"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while len(_results(out)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and stderr.strip().splitlines()[-1].startswith("interrupted after")
+    seen = _results(out)
+    assert len(seen) >= 2 and _visible(out) == set(seen) | {"summary.csv"}
+    final = subprocess.run([*FIT, str(inputs), "-o", str(out), *QUICK, "--workers", "2"], capture_output=True,
+                           text=True, timeout=600)
+    assert final.returncode == 1 and "Traceback" not in final.stderr
+    results = _results(out)
+    assert len(results) == 11 and all(results[stem] == identity for stem, identity in seen.items())
+    with open(out / "summary.csv", newline="") as f:
+        rows = {Path(r["image"]).stem: r for r in csv.DictReader(f)}
+    assert rows.pop("zz_broken")["status"] == "failed"
+    assert {stem: r["status"] for stem, r in rows.items()} == {s: "skipped" if s in seen else "done" for s in results}
+    assert sorted(out.iterdir()) == sorted([out / "summary.csv", *(out / stem for stem in results)])
