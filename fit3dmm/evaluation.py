@@ -115,7 +115,7 @@ PROTOCOLS = ("human", "paper")
 
 def paper_labels(output, parser) -> np.ndarray:
     """The parser's segmentation of the fit rendered in the model's mean texture (the paper's protocol)."""
-    data = output.fitter.model.data
+    data = output.model.data
     texture = data.mean_texture if data.mean_texture is not None else data.albedo_mean
     if texture is None:
         raise InputError(f"model '{data.meta.get('name')}' has no mean texture, which --protocol paper renders with")

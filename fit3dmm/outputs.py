@@ -53,7 +53,7 @@ def render_photo(output: FitOutput) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     Returns (tri_id (H, W) long, bary (H, W, 3), camera normals (V, 3)), tri_id -1 where uncovered.
     """
     h, w = output.observation.image.shape[:2]
-    model = output.fitter.model
+    model = output.model
     screen = photo_screen(output)
     lo = screen[:, :2].min(0).values.floor().clamp(min=0).long().tolist()
     hi = (screen[:, :2].max(0).values.ceil() + 1).long().tolist()
@@ -100,7 +100,7 @@ def fitted_labels(output: FitOutput, tri: np.ndarray | None = None, bary: np.nda
     the photo, and so in the fit's parts. ``tri``, ``bary``: the fit's :func:`render_photo`, if done."""
     if tri is None:
         tri, bary, _ = render_photo(output)
-    labels = part_label_map(output.fitter.model, tri, bary)
+    labels = part_label_map(output.model, tri, bary)
     labels[np.isin(output.observation.labels, OCCLUDER_IDS)] = 0
     return labels
 
@@ -110,7 +110,7 @@ def texture_render(output: FitOutput, texture: np.ndarray) -> np.ndarray:
     lighting: the texture is the model's, not the photo's), RGB uint8."""
     tri, bary, _ = render_photo(output)
     covered = tri >= 0
-    corners = output.fitter.model.triangles.cpu().numpy()[tri[covered]]
+    corners = output.model.triangles.cpu().numpy()[tri[covered]]
     out = output.observation.image.copy()
     out[covered] = (np.einsum("nk,nkc->nc", bary[covered], texture[corners]) * 255).clip(0, 255).round().astype(np.uint8)
     return out
@@ -119,7 +119,7 @@ def texture_render(output: FitOutput, texture: np.ndarray) -> np.ndarray:
 def shaded_overlay(output: FitOutput, tri: np.ndarray, bary: np.ndarray, normals: np.ndarray) -> np.ndarray:
     """The fitted surface shaded grey by a light at the camera, blended onto the photo (RGB uint8)."""
     covered = tri >= 0
-    shade = camera_light(output.fitter.model, tri, bary, normals)[:, None] * np.array([235, 225, 215])
+    shade = camera_light(output.model, tri, bary, normals)[:, None] * np.array([235, 225, 215])
     out = output.observation.image.astype(np.float32)
     out[covered] = OVERLAY_ALPHA * shade + (1 - OVERLAY_ALPHA) * out[covered]
     return out.clip(0, 255).astype(np.uint8)
@@ -160,7 +160,7 @@ def parts_panel(output: FitOutput, fitted: np.ndarray, panel: int = 512) -> np.n
 
 def mesh_files(output: FitOutput) -> trimesh.Trimesh:
     """The fitted shape in the model frame (pose not applied), albedo as vertex colours."""
-    model = output.fitter.model
+    model = output.model
     params = output.result.params
     verts = output.result.frame.vertices.detach().cpu().numpy()
     albedo = vertex_albedo(model, params).detach().clamp(0, 1).cpu().numpy()
@@ -169,19 +169,19 @@ def mesh_files(output: FitOutput) -> trimesh.Trimesh:
 
 
 def params_document(output: FitOutput, source: str) -> dict:
-    res, target, fitter = output.result, output.target, output.fitter
+    res, target, model = output.result, output.target, output.model
     tolist = lambda t: t.detach().cpu().numpy().round(6).tolist()  # noqa: E731
-    meta = fitter.model.data.meta
+    meta = model.data.meta
     return {
         "image": source,
         "model": {k: meta.get(k) for k in ("name", "units", "source", "licence")},
-        "coefficients": {k: tolist(v) for k, v in res.params.items() if k != "albedo" or fitter.model.has_albedo_basis},
+        "coefficients": {k: tolist(v) for k, v in res.params.items() if k != "albedo" or model.has_albedo_basis},
         "camera": {
             "model_to_camera": "X_cam = R(angles) @ diag(1,-1,-1) @ X_model + translation",
             "angles_rad_pitch_yaw_roll": tolist(res.params["angles"]),
             "rotation": tolist(res.frame.rotation),
             "translation": tolist(res.params["translation"]),
-            "focal_px_crop": fitter.camera.focal,
+            "focal_px_crop": output.camera.focal,
             "crop_size": target.crop.size,
             "crop_from_photo": {"scale": target.crop.scale, "offset": list(target.crop.offset)},
             "projection": "crop_xy = focal * X_cam[:2] / X_cam[2] + (crop_size - 1) / 2; "
@@ -191,7 +191,7 @@ def params_document(output: FitOutput, source: str) -> dict:
         "detection_score": output.observation.detection.score,
         "stage_losses": res.stage_losses,
         "timings_s": {k: round(v, 4) for k, v in output.timings.items()},
-        "config": fitter.config.to_dict(),
+        "config": output.config.to_dict(),
         "versions": {
             "fit3dmm": __version__, "torch": torch.__version__, "numpy": np.__version__,
             "opencv": cv2.__version__, "trimesh": trimesh.__version__, "python": platform.python_version(),

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .camera import Camera
 from .config import FitConfig
 from .errors import InputError, ModelError, NoFaceError
 from .fitting import FitResult, Fitter, ProgressCallback
@@ -54,10 +55,14 @@ class Prepared:
 
 @dataclass
 class FitOutput:
+    """One photo's fit with what produced it: the model, the camera and the configuration."""
+
     observation: Observation
     target: FitTarget
     result: FitResult
-    fitter: Fitter
+    model: FaceModel
+    camera: Camera
+    config: FitConfig
     timings: dict[str, float]
 
 
@@ -115,7 +120,8 @@ class Pipeline:
         result = fitter.fit(prepared.target, progress)
         fit = time.perf_counter() - t0
         timings = {**prepared.timings, **result.timings, "fit": fit, "total": sum(prepared.timings.values()) + fit}
-        return FitOutput(observation=prepared.observation, target=prepared.target, result=result, fitter=fitter, timings=timings)
+        return FitOutput(observation=prepared.observation, target=prepared.target, result=result, model=fitter.model,
+                         camera=fitter.camera, config=fitter.config, timings=timings)
 
     def fit(self, image: np.ndarray, progress: ProgressCallback | None = None) -> FitOutput:
         return self.fit_prepared(self.prepare(image), progress)
