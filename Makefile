@@ -34,7 +34,12 @@ demo: model
 	$(BIN)/fit3dmm fit "$(PHOTO)" -o "$(OUT)" --overwrite
 	@echo "results in $(OUT)/$$(basename "$(PHOTO)" | sed 's/\.[^.]*$$//')/"
 
-test: setup check-shared
+# The tests also run fit --ray on a local Ray, an optional extra.
+$(VENV)/.ray: pyproject.toml $(BIN)/fit3dmm
+	$(BIN)/pip install --quiet -e ".[test,ray]"
+	touch $@
+
+test: setup check-shared $(VENV)/.ray
 	$(BIN)/python -m pytest -q
 
 bench: setup check-shared

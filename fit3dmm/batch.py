@@ -79,6 +79,7 @@ def run_batch(
     overwrite: bool = False,
     on_result: Callable[[ItemResult, int, int], None] | None = None,
     workers: int = 1,
+    ray_address: str | None = None,
 ) -> list[ItemResult]:
     """Run ``process(image, OUT/<stem>)`` on each image, which must write that folder atomically.
 
@@ -88,7 +89,9 @@ def run_batch(
     so after an interruption (a KeyboardInterrupt propagates) it lists the photos handled so far.
     ``on_result(result, handled, total)`` is called after each photo. With ``workers`` > 1, ``process``
     must be picklable (e.g. a :class:`FitJob`) and the photos run in that many spawned processes; a worker
-    that dies fails its photo and is replaced.
+    that dies fails its photo and is replaced. With ``ray_address`` ("local" starts a local Ray; "auto"
+    or "ray://host:port" join a cluster) they run on Ray actors instead: ``workers`` of them if > 1, else
+    one per GPU of the cluster, else one per CPU.
     """
     results: list[ItemResult] = []
     for stale in out.glob(".summary.*.csv"):  # a summary being written when a run was killed
@@ -116,9 +119,11 @@ def run_batch(
                 todo.append(image)
         except (Fit3dmmError, OSError) as e:
             record(_failed(image, error_text(e)))
-    if workers > 1 and len(todo) > 1:
-        for image, seconds, error in _run_workers(process, [(p, out / p.stem) for p in todo], workers):
-            record(_failed(image, error, seconds) if error is not None else ItemResult(image, "done", seconds))
+    if todo and (ray_address is not None or (workers > 1 and len(todo) > 1)):
+        tasks = [(p.resolve(), (out / p.stem).resolve()) for p in todo]  # absolute: workers may run elsewhere
+        finished = _run_ray(process, tasks, workers, ray_address) if ray_address else _run_workers(process, tasks, workers)
+        for k, seconds, error in finished:
+            record(_failed(todo[k], error, seconds) if error is not None else ItemResult(todo[k], "done", seconds))
         return results
     for image in todo:
         t0 = time.perf_counter()
@@ -135,7 +140,7 @@ def _failed(image: Path, message: str, seconds: float = 0.0) -> ItemResult:
 
 
 def _run_workers(process, tasks: list[tuple[Path, Path]], workers: int):
-    """Yield (image, seconds, error message or None) as ``workers`` spawned processes finish ``tasks``.
+    """Yield (task index, seconds, error message or None) as ``workers`` spawned processes finish ``tasks``.
     Workers ignore Ctrl-C; the parent's KeyboardInterrupt terminates them (their hidden temporaries are
     removed by the next run)."""
     context = mp.get_context("spawn")
@@ -168,7 +173,7 @@ def _run_workers(process, tasks: list[tuple[Path, Path]], workers: int):
                         k = running.pop(index, None)
                         if k is not None:
                             left -= 1
-                            yield tasks[k][0], 0.0, f"the worker process died (exit status {proc.exitcode})"
+                            yield k, 0.0, f"the worker process died (exit status {proc.exitcode})"
                         if left > len(pool):
                             start()
                 continue
@@ -177,7 +182,7 @@ def _run_workers(process, tasks: list[tuple[Path, Path]], workers: int):
             else:
                 running.pop(worker, None)
                 left -= 1
-                yield tasks[k][0], *rest
+                yield k, *rest
         for _ in pool:
             tasks_q.put(None)
     finally:
@@ -205,13 +210,82 @@ def _worker(process, index: int, threads: int, tasks_q, results_q) -> None:
             return
         k, image, folder = task
         results_q.put(("start", index, k))
-        t0 = time.perf_counter()
-        try:
-            process(image, folder)
-            error = None
-        except (Fit3dmmError, OSError) as e:
-            error = error_text(e)
-        results_q.put(("done", index, k, time.perf_counter() - t0, error))
+        results_q.put(("done", index, k, *_timed(process, image, folder)))
+
+
+def _timed(process, image: Path, folder: Path) -> tuple[float, str | None]:
+    """Run one task: (seconds, None) or (seconds, the error in words)."""
+    t0 = time.perf_counter()
+    try:
+        process(image, folder)
+        return time.perf_counter() - t0, None
+    except (Fit3dmmError, OSError) as e:
+        return time.perf_counter() - t0, error_text(e)
+
+
+class RayFitter:
+    """A Ray actor's body (wrapped with ``ray.remote`` at run time, so Ray stays optional): it holds one
+    job (the models, once loaded) and runs task after task."""
+
+    def __init__(self, process, index: int, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.process = process.for_worker(index) if hasattr(process, "for_worker") else process
+
+    def run(self, k: int, image: Path, folder: Path) -> tuple[int, float, str | None]:
+        return k, *_timed(self.process, image, folder)
+
+
+def _run_ray(process, tasks: list[tuple[Path, Path]], actors: int, address: str):
+    """Yield (task index, seconds, error or None) as Ray actors finish ``tasks``; an actor lost
+    mid-task fails that photo and is replaced. Starts or joins Ray at ``address``."""
+    try:
+        import ray
+        from ray.exceptions import RayActorError
+    except ImportError:
+        raise Fit3dmmError("--ray needs Ray: pip install 'fit3dmm[ray]'") from None
+    import logging
+
+    try:
+        # Spinning OpenMP threads make torch ~25x slower on small machines (cli.py); actors get the setting.
+        env = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                 runtime_env={"env_vars": env})
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        raise Fit3dmmError(f"cannot start or join Ray at '{address}': {e}") from None
+    try:
+        resources = ray.cluster_resources()
+        gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
+        count = min(len(tasks), actors if actors > 1 else gpus or cpus)
+        per_actor = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": max(1, cpus // count)}
+        remote = ray.remote(**per_actor)(RayFitter)
+        spawned = 0
+
+        def new_actor():
+            nonlocal spawned
+            spawned += 1
+            return remote.remote(process, spawned - 1, per_actor["num_cpus"])
+
+        pending = list(range(len(tasks)))[::-1]
+        running = {}  # object ref -> (actor, task index)
+        for _ in range(count):
+            actor = new_actor()
+            k = pending.pop()
+            running[actor.run.remote(k, *tasks[k])] = (actor, k)
+        while running:
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            actor, k = running.pop(ref)
+            try:
+                yield ray.get(ref)
+            except RayActorError as e:
+                yield k, 0.0, f"the Ray worker was lost ({type(e).__name__})"
+                actor = new_actor()
+            if pending:
+                k = pending.pop()
+                running[actor.run.remote(k, *tasks[k])] = (actor, k)
+    finally:
+        ray.shutdown()
 
 
 def _remove_stale(folder: Path) -> None:

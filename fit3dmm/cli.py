@@ -70,9 +70,13 @@ def main() -> None:
               help="PRDL's anchor grid: N x N anchors over the 224 px crop.")
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Fit in N local processes (spawned; each loads the models once; with GPUs, worker i uses GPU i mod count).")
+@click.option("--ray", "ray_address", metavar="ADDRESS",
+              help="Fit on Ray actors: 'local' starts a local Ray, 'auto' or ray://HOST:PORT joins a cluster (OUT must "
+                   "be storage every node sees). Actors: --workers if given, else one per GPU, else one per CPU. "
+                   "Needs pip install 'fit3dmm[ray]'.")
 @click.option("--overwrite", is_flag=True, help="Refit photos whose result folder exists (default: skip them).")
 def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_index, iterations, anchors, workers,
-        overwrite) -> None:
+        ray_address, overwrite) -> None:
     """Fit each INPUT (an image, or a folder of images) and write OUT/<stem>/. Photos whose result is
     already in OUT are skipped, so an interrupted run continues where it stopped."""
     from .batch import FitJob
@@ -90,7 +94,7 @@ def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_inde
         config = FitConfig.create(loss=loss, iterations=iterations, seg_weight=seg_weight, mode=mode, model=model,
                                   segmenter=segmenter, device=device, face_index=face_index, anchor_grid=anchors)
         job = FitJob(config, overwrite)
-        if workers > 1:  # the workers load the models; check here what can be wrong with them, once
+        if workers > 1 or ray_address:  # the workers load the models; check here what can be wrong with them, once
             resolve_device(config.device)
             load_model(resolve_model(config.model))
         else:
@@ -112,13 +116,13 @@ def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_inde
             bar.remove_task(stage_task)
 
     _batch("fit", images, out, overwrite, process, lambda folder: holds_fit(folder, config),
-           job if workers > 1 else None, workers)
+           job if workers > 1 or ray_address else None, workers, ray_address)
 
 
 def _batch(command: str, images: list[Path], out: Path, overwrite: bool, process, existing, job=None,
-           workers: int = 1) -> None:
+           workers: int = 1, ray_address: str | None = None) -> None:
     """Run ``process(path, OUT/<stem>, progress bar)`` on each image, or the picklable ``job(path,
-    OUT/<stem>)`` in ``workers`` processes (``fit3dmm.batch.run_batch``: a finished result is skipped, a
+    OUT/<stem>)`` in ``workers`` processes or on Ray (``fit3dmm.batch.run_batch``: a finished result is skipped, a
     failure is reported in one line and the batch goes on). A summary table at the end (a single input:
     its line alone); exit status 1 if any image failed, 130 on Ctrl-C (finished results stay; the same
     command continues)."""
@@ -137,12 +141,15 @@ def _batch(command: str, images: list[Path], out: Path, overwrite: bool, process
 
         try:
             run_batch(images, out, job if job is not None else (lambda path, folder: process(path, folder, bar)),
-                      existing, overwrite, on_result, workers)
+                      existing, overwrite, on_result, workers, ray_address)
         except KeyboardInterrupt:
             bar.stop()
             console.print(f"[yellow]interrupted[/yellow] after {len(results)} of {len(images)} images; finished "
                           f"results are kept (see {out / SUMMARY}), run the same command again to continue")
             sys.exit(130)
+        except Fit3dmmError as e:  # Ray missing or unreachable
+            bar.stop()
+            _fail(error_text(e))
     if single:
         (result,) = results
         if result.status == "failed":

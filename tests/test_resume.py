@@ -111,3 +111,22 @@ def test_workers_fit_every_photo_once_and_stop_on_ctrl_c(inputs, tmp_path):
     assert rows.pop("zz_broken")["status"] == "failed"
     assert {stem: r["status"] for stem, r in rows.items()} == {s: "skipped" if s in seen else "done" for s in results}
     assert sorted(out.iterdir()) == sorted([out / "summary.csv", *(out / stem for stem in results)])
+
+
+def test_ray_local_actors_fit_the_batch(inputs, tmp_path):
+    pytest.importorskip("ray", reason="Ray is the optional extra fit3dmm[ray] (make test installs it)")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for photo in sorted(inputs.glob("*.jpg"))[:2] + [inputs / "zz_broken.jpg"]:
+        shutil.copy(photo, photos / photo.name)
+    out = tmp_path / "out"
+    run = subprocess.run([*FIT, str(photos), "-o", str(out), *QUICK, "--ray", "local", "--workers", "2"],
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 1 and "Traceback" not in run.stderr and "WARNING" not in run.stderr
+    with open(out / "summary.csv", newline="") as f:
+        rows = {Path(r["image"]).name: r["status"] for r in csv.DictReader(f)}
+    assert rows == {**{p.name: "done" for p in sorted(inputs.glob("*.jpg"))[:2]}, "zz_broken.jpg": "failed"}
+    assert sorted(out.iterdir()) == sorted([out / "summary.csv", *(out / p.stem for p in sorted(inputs.glob("*.jpg"))[:2])])
+    again = subprocess.run([*FIT, str(photos), "-o", str(out), *QUICK, "--ray", "local"], capture_output=True,
+                           text=True, timeout=900)
+    assert again.returncode == 1 and again.stderr.count("skipped") >= 1  # nothing refitted: only the broken file runs
