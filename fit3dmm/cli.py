@@ -44,7 +44,19 @@ def _progress(transient: bool = False) -> Progress:
     )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Ctrl-C anywhere (e.g. while the models load) ends in one line and exit status 130, not click's
+    'Aborted!' and 1; a batch says more (see _batch)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/yellow]")
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="fit3dmm")
 def main() -> None:
     """Fit a 3D Morphable Face Model to photos, guided by facial part segmentation (PRDL)."""

@@ -80,7 +80,7 @@ def test_ctrl_c_stops_cleanly_keeping_finished_results(inputs, tmp_path):
     time.sleep(1.0)  # into the next photo's fit
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130
+    assert process.returncode == 130, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("interrupted after") and "same command" in lines[0]
     results = _results(out)
