@@ -16,6 +16,12 @@ FIT = [str(Path(sys.executable).parent / "fit3dmm"), "fit"]
 QUICK = ["--iterations", "1"]
 
 
+def _default_sigint() -> None:
+    """A job started in the background of a non-interactive shell (as CI may be) inherits SIGINT
+    ignored, and Python then never raises KeyboardInterrupt: give the child the terminal's default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture(scope="module")
 def inputs(shared_dir, tmp_path_factory):
     """11 CelebAMask-HQ photos and one broken file: 12 inputs."""
@@ -73,7 +79,7 @@ def test_killed_batch_resumes_fitting_each_photo_once(inputs, tmp_path):
 def test_ctrl_c_stops_cleanly_keeping_finished_results(inputs, tmp_path):
     out = tmp_path / "out"
     process = subprocess.Popen([*FIT, str(inputs), "-o", str(out), *QUICK], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     deadline = time.monotonic() + 300
     while not _results(out) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -92,7 +98,7 @@ def test_ctrl_c_stops_cleanly_keeping_finished_results(inputs, tmp_path):
 def test_workers_fit_every_photo_once_and_stop_on_ctrl_c(inputs, tmp_path):
     out = tmp_path / "out"
     process = subprocess.Popen([*FIT, str(inputs), "-o", str(out), *QUICK, "--workers", "2"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     deadline = time.monotonic() + 300
     while len(_results(out)) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
