@@ -194,13 +194,18 @@ def _run_workers(process, tasks: list[tuple[Path, Path]], workers: int):
             proc.join()
 
 
-def _worker(process, index: int, threads: int, tasks_q, results_q) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C stops
+def _in_worker(process, index: int, threads: int):
+    """Set up worker ``index`` (a process or a Ray actor) to use ``threads`` torch threads; returns the
+    job as this worker runs it (a :class:`FitJob` picks its GPU)."""
     import torch
 
     torch.set_num_threads(threads)
-    if hasattr(process, "for_worker"):
-        process = process.for_worker(index)
+    return process.for_worker(index) if hasattr(process, "for_worker") else process
+
+
+def _worker(process, index: int, threads: int, tasks_q, results_q) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C stops
+    process = _in_worker(process, index, threads)
     while True:
         try:
             task = tasks_q.get(timeout=1.0)
@@ -228,10 +233,7 @@ class RayFitter:
     job (the models, once loaded) and runs task after task."""
 
     def __init__(self, process, index: int, threads: int):
-        import torch
-
-        torch.set_num_threads(threads)
-        self.process = process.for_worker(index) if hasattr(process, "for_worker") else process
+        self.process = _in_worker(process, index, threads)
 
     def run(self, k: int, image: Path, folder: Path) -> tuple[int, float, str | None]:
         return k, *_timed(self.process, image, folder)

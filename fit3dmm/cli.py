@@ -44,6 +44,10 @@ def _progress(transient: bool = False) -> Progress:
     )
 
 
+_anchors_option = click.option("--anchors", type=click.IntRange(1, 112), default=ANCHOR_GRID, show_default=True,
+                               help="PRDL's anchor grid: N x N anchors over the 224 px crop.")
+
+
 class _Group(click.Group):
     """Ctrl-C anywhere (e.g. while the models load) ends in one line and exit status 130, not click's
     'Aborted!' and 1; a batch says more (see _batch)."""
@@ -78,8 +82,7 @@ def main() -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--face", "face_index", default=0, show_default=True, help="Which face, by size (0 = largest).")
 @click.option("--iterations", default=FULL_ITERATIONS, show_default=True, help="Iterations of the final (all-losses) stage.")
-@click.option("--anchors", type=click.IntRange(1, 112), default=ANCHOR_GRID, show_default=True,
-              help="PRDL's anchor grid: N x N anchors over the 224 px crop.")
+@_anchors_option
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Fit in N local processes (spawned; each loads the models once; with GPUs, worker i uses GPU i mod count).")
 @click.option("--ray", "ray_address", metavar="ADDRESS",
@@ -238,8 +241,7 @@ def _eval_options(command):
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--iterations", default=FULL_ITERATIONS, show_default=True,
                      help="Iterations of the final stage (seg-only: the segmentation stage has 60 more)."),
-        click.option("--anchors", type=click.IntRange(1, 112), default=ANCHOR_GRID, show_default=True,
-                     help="PRDL's anchor grid: N x N anchors over the 224 px crop."),
+        _anchors_option,
         click.option("--overwrite", is_flag=True, help="Start afresh instead of continuing."),
     ]
     for option in reversed(options):
