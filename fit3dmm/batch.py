@@ -2,8 +2,9 @@
 
 A photo's result folder appears whole or not at all (it is written under a hidden temporary name and
 renamed), so its presence means done: a rerun of the same command skips it, and a killed run leaves
-only hidden temporaries, which the next run of that photo removes. With ``workers`` > 1 the photos are
-handed out one at a time to that many spawned processes, each loading the models once.
+only hidden temporaries, which the next run of that photo removes. Photos go in groups of
+``batch_size`` (fitted as one batch, :meth:`FitJob.batch`); with ``workers`` > 1 the groups are handed
+out one at a time to that many spawned processes (or Ray actors), each loading the models once.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import queue
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +26,20 @@ from .config import FitConfig
 from .errors import Fit3dmmError, error_text
 from .files import read_image
 from .outputs import write_result, write_text
-from .pipeline import Pipeline
+from .pipeline import Pipeline, resolve_device
 
 STATUSES = ("done", "skipped", "failed")
 SUMMARY = "summary.csv"
+#: Photos fitted at once by default, per device type. CPU (this 2-core machine, `make bench`): 8 gave 1.9x
+#: the photos per second of one by one, 4 gave 1.6x and 16 no more than 8 (README, "Measured"). CUDA: not
+#: measured yet (no GPU in the sessions so far); the batch's tensors are small next to a GPU's memory.
+DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 32}
+Task = tuple[Path, Path]  # (image, its result folder)
+
+
+def default_batch_size(device: str) -> int:
+    """The measured default batch size for a device name ("auto", "cpu", "cuda:1", ...)."""
+    return DEFAULT_BATCH_SIZE.get(resolve_device(device).type, 1)
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,33 @@ class FitJob:
     def __call__(self, image: Path, folder: Path, progress=None) -> None:
         write_result(self.pipeline().fit(read_image(image), progress), folder, str(image), overwrite=self.overwrite)
 
+    def batch(self, tasks: list[Task], progress=None) -> Iterator[tuple[int, float, str | None]]:
+        """Fit several photos as one batch into their folders, yielding (task index, seconds, None or the
+        error in words) as each is finished, so a summary never lags behind the folders written. A photo
+        that cannot be read or has no face fails alone; the others are fitted together, each taking its
+        share of the batch's fitting time."""
+        pipeline = self.pipeline()
+        prepared = []
+        for i, (image, _) in enumerate(tasks):
+            t0 = time.perf_counter()
+            try:
+                prepared.append((i, pipeline.prepare(read_image(image)), time.perf_counter() - t0))
+            except (Fit3dmmError, OSError) as e:
+                yield i, time.perf_counter() - t0, error_text(e)
+        if not prepared:
+            return
+        t0 = time.perf_counter()
+        outputs = pipeline.fit_batch([p for _, p, _ in prepared], progress)
+        share = (time.perf_counter() - t0) / len(prepared)
+        for (i, _, seconds), output in zip(prepared, outputs):
+            image, folder = tasks[i]
+            t0 = time.perf_counter()
+            try:
+                write_result(output, folder, str(image), overwrite=self.overwrite)
+                yield i, seconds + share + time.perf_counter() - t0, None
+            except (Fit3dmmError, OSError) as e:
+                yield i, seconds + share + time.perf_counter() - t0, error_text(e)
+
 
 def run_batch(
     images: list[Path],
@@ -80,6 +118,7 @@ def run_batch(
     on_result: Callable[[ItemResult, int, int], None] | None = None,
     workers: int = 1,
     ray_address: str | None = None,
+    batch_size: int = 1,
 ) -> list[ItemResult]:
     """Run ``process(image, OUT/<stem>)`` on each image, which must write that folder atomically.
 
@@ -91,7 +130,8 @@ def run_batch(
     must be picklable (e.g. a :class:`FitJob`) and the photos run in that many spawned processes; a worker
     that dies fails its photo and is replaced. With ``ray_address`` ("local" starts a local Ray; "auto"
     or "ray://host:port" join a cluster) they run on Ray actors instead: ``workers`` of them if > 1, else
-    one per GPU of the cluster, else one per CPU.
+    one per GPU of the cluster, else one per CPU. With ``batch_size`` > 1 the images go in groups of that
+    size to ``process.batch(tasks)`` (see :meth:`FitJob.batch`).
     """
     results: list[ItemResult] = []
     for stale in out.glob(".summary.*.csv"):  # a summary being written when a run was killed
@@ -119,19 +159,18 @@ def run_batch(
                 todo.append(image)
         except (Fit3dmmError, OSError) as e:
             record(_failed(image, error_text(e)))
-    if todo and (ray_address is not None or (workers > 1 and len(todo) > 1)):
-        tasks = [(p.resolve(), (out / p.stem).resolve()) for p in todo]  # absolute: workers may run elsewhere
-        finished = _run_ray(process, tasks, workers, ray_address) if ray_address else _run_workers(process, tasks, workers)
-        for k, seconds, error in finished:
-            record(_failed(todo[k], error, seconds) if error is not None else ItemResult(todo[k], "done", seconds))
-        return results
-    for image in todo:
-        t0 = time.perf_counter()
-        try:
-            process(image, out / image.stem)
-            record(ItemResult(image, "done", time.perf_counter() - t0))
-        except (Fit3dmmError, OSError) as e:
-            record(_failed(image, error_text(e), time.perf_counter() - t0))
+    # Groups of (task index, image, folder); absolute paths: workers may run elsewhere.
+    tasks = [(k, p.resolve(), (out / p.stem).resolve()) for k, p in enumerate(todo)]
+    size = max(batch_size, 1)
+    if workers > 1:  # every worker gets a share of a short list
+        size = min(size, -(-len(tasks) // workers))
+    groups = [tasks[i : i + size] for i in range(0, len(tasks), size)]
+    if todo and (ray_address is not None or (workers > 1 and len(groups) > 1)):
+        finished = _run_ray(process, groups, workers, ray_address) if ray_address else _run_workers(process, groups, workers)
+    else:
+        finished = (outcome for group in groups for outcome in _run_group(process, group))
+    for k, seconds, error in finished:
+        record(_failed(todo[k], error, seconds) if error is not None else ItemResult(todo[k], "done", seconds))
     return results
 
 
@@ -139,17 +178,33 @@ def _failed(image: Path, message: str, seconds: float = 0.0) -> ItemResult:
     return ItemResult(image, "failed", seconds, message if message.startswith(str(image)) else f"{image}: {message}")
 
 
-def _run_workers(process, tasks: list[tuple[Path, Path]], workers: int):
-    """Yield (task index, seconds, error message or None) as ``workers`` spawned processes finish ``tasks``.
-    Workers ignore Ctrl-C; the parent's KeyboardInterrupt terminates them (their hidden temporaries are
-    removed by the next run)."""
+def _run_group(process, group: list[tuple[int, Path, Path]]) -> Iterator[tuple[int, float, str | None]]:
+    """Run one group of (task index, image, folder): alone through ``process(image, folder)``, several
+    through ``process.batch``. Yields (task index, seconds, error in words or None) as each task ends."""
+    if len(group) == 1:
+        k, image, folder = group[0]
+        t0 = time.perf_counter()
+        try:
+            process(image, folder)
+            yield k, time.perf_counter() - t0, None
+        except (Fit3dmmError, OSError) as e:
+            yield k, time.perf_counter() - t0, error_text(e)
+        return
+    for i, seconds, error in process.batch([(image, folder) for _, image, folder in group]):
+        yield group[i][0], seconds, error
+
+
+def _run_workers(process, groups: list[list[tuple[int, Path, Path]]], workers: int):
+    """Yield (task index, seconds, error message or None) as ``workers`` spawned processes finish the
+    ``groups`` of tasks. Workers ignore Ctrl-C; the parent's KeyboardInterrupt terminates them (their
+    hidden temporaries are removed by the next run)."""
     context = mp.get_context("spawn")
     tasks_q, results_q = context.Queue(), context.Queue()
-    for k, task in enumerate(tasks):
-        tasks_q.put((k, *task))
+    for group in groups:
+        tasks_q.put(group)
     threads = max(1, (os.cpu_count() or 1) // workers)
     pool: dict[int, mp.Process] = {}
-    running: dict[int, int] = {}  # worker index -> task index it is on
+    running: dict[int, list[int]] = {}  # worker index -> the task indices it has not finished
     next_index = 0
 
     def start() -> None:
@@ -160,9 +215,9 @@ def _run_workers(process, tasks: list[tuple[Path, Path]], workers: int):
         next_index += 1
 
     try:
-        for _ in range(min(workers, len(tasks))):
+        for _ in range(min(workers, len(groups))):
             start()
-        left = len(tasks)
+        left = sum(len(g) for g in groups)
         while left:
             try:
                 kind, worker, k, *rest = results_q.get(timeout=1.0)
@@ -170,17 +225,16 @@ def _run_workers(process, tasks: list[tuple[Path, Path]], workers: int):
                 for index, proc in list(pool.items()):
                     if not proc.is_alive():  # died without reporting (killed, out of memory)
                         del pool[index]
-                        k = running.pop(index, None)
-                        if k is not None:
+                        for k in running.pop(index, []):
                             left -= 1
                             yield k, 0.0, f"the worker process died (exit status {proc.exitcode})"
-                        if left > len(pool):
+                        if left > sum(map(len, running.values())) and len(pool) < workers:
                             start()
                 continue
             if kind == "start":
-                running[worker] = k
+                running[worker] = list(k)
             else:
-                running.pop(worker, None)
+                running[worker].remove(k)
                 left -= 1
                 yield k, *rest
         for _ in pool:
@@ -213,19 +267,9 @@ def _worker(process, index: int, threads: int, tasks_q, results_q) -> None:
             return  # every task handed out
         if task is None:
             return
-        k, image, folder = task
-        results_q.put(("start", index, k))
-        results_q.put(("done", index, k, *_timed(process, image, folder)))
-
-
-def _timed(process, image: Path, folder: Path) -> tuple[float, str | None]:
-    """Run one task: (seconds, None) or (seconds, the error in words)."""
-    t0 = time.perf_counter()
-    try:
-        process(image, folder)
-        return time.perf_counter() - t0, None
-    except (Fit3dmmError, OSError) as e:
-        return time.perf_counter() - t0, error_text(e)
+        results_q.put(("start", index, [k for k, _, _ in task]))
+        for outcome in _run_group(process, task):
+            results_q.put(("done", index, *outcome))
 
 
 class RayFitter:
@@ -235,13 +279,13 @@ class RayFitter:
     def __init__(self, process, index: int, threads: int):
         self.process = _in_worker(process, index, threads)
 
-    def run(self, k: int, image: Path, folder: Path) -> tuple[int, float, str | None]:
-        return k, *_timed(self.process, image, folder)
+    def run(self, group: list[tuple[int, Path, Path]]) -> list[tuple[int, float, str | None]]:
+        return list(_run_group(self.process, group))
 
 
-def _run_ray(process, tasks: list[tuple[Path, Path]], actors: int, address: str):
-    """Yield (task index, seconds, error or None) as Ray actors finish ``tasks``; an actor lost
-    mid-task fails that photo and is replaced. Starts or joins Ray at ``address``."""
+def _run_ray(process, groups: list[list[tuple[int, Path, Path]]], actors: int, address: str):
+    """Yield (task index, seconds, error or None) as Ray actors finish the ``groups`` of tasks; an actor
+    lost mid-group fails that group's photos and is replaced. Starts or joins Ray at ``address``."""
     try:
         import ray
         from ray.exceptions import RayActorError
@@ -259,7 +303,7 @@ def _run_ray(process, tasks: list[tuple[Path, Path]], actors: int, address: str)
     try:
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
-        count = min(len(tasks), actors if actors > 1 else gpus or cpus)
+        count = min(len(groups), actors if actors > 1 else gpus or cpus)
         per_actor = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": max(1, cpus // count)}
         remote = ray.remote(**per_actor)(RayFitter)
         spawned = 0
@@ -269,23 +313,23 @@ def _run_ray(process, tasks: list[tuple[Path, Path]], actors: int, address: str)
             spawned += 1
             return remote.remote(process, spawned - 1, per_actor["num_cpus"])
 
-        pending = list(range(len(tasks)))[::-1]
-        running = {}  # object ref -> (actor, task index)
+        pending = groups[::-1]
+        running = {}  # object ref -> (actor, its group)
         for _ in range(count):
-            actor = new_actor()
-            k = pending.pop()
-            running[actor.run.remote(k, *tasks[k])] = (actor, k)
+            actor, group = new_actor(), pending.pop()
+            running[actor.run.remote(group)] = (actor, group)
         while running:
             (ref,), _ = ray.wait(list(running), num_returns=1)
-            actor, k = running.pop(ref)
+            actor, group = running.pop(ref)
             try:
-                yield ray.get(ref)
+                yield from ray.get(ref)
             except RayActorError as e:
-                yield k, 0.0, f"the Ray worker was lost ({type(e).__name__})"
+                for k, _, _ in group:
+                    yield k, 0.0, f"the Ray worker was lost ({type(e).__name__})"
                 actor = new_actor()
             if pending:
-                k = pending.pop()
-                running[actor.run.remote(k, *tasks[k])] = (actor, k)
+                group = pending.pop()
+                running[actor.run.remote(group)] = (actor, group)
     finally:
         ray.shutdown()
 

@@ -12,6 +12,9 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see cli.py; before torch loads
 
 import argparse  # noqa: E402
+import csv  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -22,7 +25,6 @@ import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from .batch import FitJob, run_batch  # noqa: E402
 from .config import FitConfig  # noqa: E402
 from .datasets import image_mask_pairs, read_pts, split_pairs  # noqa: E402
 from .files import read_image  # noqa: E402
@@ -34,6 +36,7 @@ from .parser.train import locate_faces, score  # noqa: E402
 from .perception.segmentation import LandmarkPolygonSegmenter  # noqa: E402
 from .pipeline import Pipeline  # noqa: E402
 from .render import rasterize  # noqa: E402
+from .target import TargetBatch  # noqa: E402
 
 LANDMARK_PHOTOS = ("image_0001", "image_0010", "breakingbad", "einstein", "lenna", "takeo")
 
@@ -48,19 +51,62 @@ def median_ms(fn, runs: int = 30) -> float:
     return statistics.median(times) * 1e3
 
 
+#: Folder throughput settings: (label, fit3dmm fit options, photos in flight at once).
+THROUGHPUT = (
+    ("one by one", ["--batch-size", "1"], 1),
+    ("--batch-size 4", ["--batch-size", "4"], 4),
+    ("--batch-size 8", ["--batch-size", "8"], 8),
+    ("--batch-size 16", ["--batch-size", "16"], 16),
+    ("--workers 2 (batch 1 each)", ["--workers", "2", "--batch-size", "1"], 2),
+    ("--workers 2 (batch 8 each)", ["--workers", "2", "--batch-size", "8"], 16),
+    ("--ray local, 2 actors (batch 8 each)", ["--ray", "local", "--workers", "2", "--batch-size", "8"], 16),
+)
+
+
+def _tree_peak_rss(pid: int, peaks: dict[int, int]) -> None:
+    """Record each live process of the tree under ``pid`` with its peak resident memory (VmHWM, bytes)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peaks[pid] = max(peaks.get(pid, 0), int(line.split()[1]) * 1024)
+    except OSError:  # the process ended meanwhile
+        return
+    for child in children:
+        _tree_peak_rss(int(child), peaks)
+
+
 def throughput(photos: list[Path], console: Console) -> None:
-    """Photos per second over a folder as `fit3dmm fit DIR` runs it, model loading included: one by one
-    in this process, and in 2 worker processes."""
-    table = Table(title=f"folder throughput, {len(photos)} photos of shared/data/photos, models loaded included")
-    for col in ("how", "photos/s", "s per photo", "failed"):
+    """Photos per second over a folder as `fit3dmm fit DIR -o OUT` runs it (a fresh process each time,
+    models loaded included), one by one, batched, in 2 worker processes and on 2 local Ray actors; and the
+    peak memory of the process tree (the sum of each process's peak resident memory), per photo in flight."""
+    table = Table(title=f"folder throughput, {len(photos)} photos of shared/data/photos, `fit3dmm fit DIR`, models loaded included")
+    for col in ("how", "photos/s", "s per photo", "vs one by one", "peak memory", "per photo in flight", "failed"):
         table.add_column(col, justify="left" if col == "how" else "right")
-    for how, workers in (("one by one", 1), ("--workers 2", 2)):
-        with tempfile.TemporaryDirectory() as out:
+    cli = Path(sys.executable).with_name("fit3dmm")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "photos"
+        folder.mkdir()
+        for photo in photos:
+            (folder / photo.name).symlink_to(photo.resolve())
+        base = None
+        for k, (how, options, in_flight) in enumerate(THROUGHPUT):
+            out = Path(tmp) / f"out{k}"
+            peaks: dict[int, int] = {}
             t0 = time.perf_counter()
-            results = run_batch(photos, Path(out), FitJob(FitConfig()), lambda folder: False, workers=workers)
+            proc = subprocess.Popen([str(cli), "fit", str(folder), "-o", str(out), *options],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            while proc.poll() is None:
+                _tree_peak_rss(proc.pid, peaks)
+                time.sleep(0.2)
             seconds = time.perf_counter() - t0
-        table.add_row(how, f"{len(photos) / seconds:.3f}", f"{seconds / len(photos):.2f}",
-                      str(sum(r.status == "failed" for r in results)))
+            rate = len(photos) / seconds
+            base = base or rate
+            with open(out / "summary.csv") as f:
+                failed = sum(row["status"] != "done" for row in csv.DictReader(f))
+            peak = sum(peaks.values()) / 2**30
+            table.add_row(how, f"{rate:.3f}", f"{1 / rate:.2f}", f"{rate / base:.2f}x", f"{peak:.2f} GiB",
+                          f"{peak / min(in_flight, len(photos)):.2f} GiB", str(failed))
     console.print(table)
 
 
@@ -69,7 +115,7 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=5, help="photos from shared/data/photos to time full fits on")
     parser.add_argument("--iou", type=int, default=20, help="validation photos for the fit's part IoU per segmenter and loss")
     parser.add_argument("--seg", type=int, default=0, help="validation photos for the segmenters' part IoU (0 = all)")
-    parser.add_argument("--batch", type=int, default=8, help="photos of shared/data/photos for the folder throughput (0: skip)")
+    parser.add_argument("--batch", type=int, default=16, help="photos of shared/data/photos for the folder throughput (0: skip)")
     args = parser.parse_args()
     shared = Path(os.environ.get("FIT3DMM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
     console = Console()
@@ -92,19 +138,21 @@ def main() -> None:
     if args.batch:
         throughput(sorted((shared / "data" / "photos").iterdir())[-args.batch :], console)
 
-    # Micro-benchmarks on the last fit's real target and final geometry.
-    frame = out.result.frame
+    # Micro-benchmarks on the last fit's real target and final geometry (batches of one).
+    params = {k: v[None] for k, v in out.result.params.items()}
+    frame = pipeline.fitter.frame(params, raster=True)
     screen = frame.screen.detach().clone().requires_grad_(True)
-    prdl = make_loss("prdl", model, out.target)
+    targets = TargetBatch.stack([out.target])
+    prdl = make_loss("prdl", model, targets)
     frame.screen = screen
 
     def prdl_step():
-        prdl(frame).backward()
+        prdl(frame).sum().backward()
 
     raster_ms = median_ms(lambda: rasterize(screen.detach(), model.fit_triangles, 224, 224))
     raster_full_ms = median_ms(lambda: rasterize(screen.detach(), model.triangles, 224, 224))
     prdl_ms = median_ms(prdl_step)
-    frame_ms = median_ms(lambda: pipeline.fitter.frame(out.result.params, raster=True))
+    frame_ms = median_ms(lambda: pipeline.fitter.frame(params, raster=True))
     console.print(
         f"rasterize 224² (fitted pose): the fit's mesh ({len(model.fit_triangles)} triangles) {raster_ms:.2f} ms, "
         f"the whole head ({len(model.triangles)}) {raster_full_ms:.2f} ms\n"
@@ -118,11 +166,11 @@ def main() -> None:
     for name in (*SEGMENTATION_LOSSES, "none"):
         fitter = pipeline.make_fitter(FitConfig.create(loss=name))
         stage = fitter.config.stages[-1]
-        losses = {n: make_loss(n, model, out.target) for n, _ in stage.losses}
-        params = {k: v.detach().clone() for k, v in out.result.params.items()}
-        loss_ms = "" if name == "none" else f"{median_ms(lambda: losses[name](frame).backward(), runs=10):.1f}"
+        losses = {n: make_loss(n, model, targets) for n, _ in stage.losses}
+        start = {k: v.detach().clone() for k, v in params.items()}
+        loss_ms = "" if name == "none" else f"{median_ms(lambda: losses[name](frame).sum().backward(), runs=10):.1f}"
         short = replace(stage, iterations=10)
-        iteration_ms = median_ms(lambda: fitter.run_stage(short, params, losses), runs=3) / short.iterations
+        iteration_ms = median_ms(lambda: fitter.run_stage(short, start, losses), runs=3) / short.iterations
         table.add_row(name, loss_ms, f"{iteration_ms:.1f}")
     console.print(table)
 

@@ -1,4 +1,4 @@
-"""The fitting loop: runs the configured stages (Adam) over the coefficients for one target."""
+"""The fitting loop: runs the configured stages (Adam) over the coefficients of a batch of targets."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from .losses import Frame, make_loss
 from .models.facemodel import FaceModel
 from .render import rasterize, vertex_normals, vertex_visibility
 from .render.shading import SH_COEFFS
-from .target import FitTarget
+from .target import FitTarget, TargetBatch
 
 #: Initial lighting: ambient only, as Deep3DFaceRecon's.
 AMBIENT_INIT = 0.8
@@ -44,15 +44,30 @@ ProgressCallback = Callable[[Progress], None]
 
 @dataclass
 class FitResult:
+    """One photo's fit. params: its coefficient tensors (no batch dimension); vertices (V, 3) model frame,
+    screen (V, 3) crop pixels + depth, rotation (3, 3) model->camera, visible (V,) bool, all of the final
+    geometry; landmarks68 (68, 2) fitted landmarks in crop pixels (jaw marched); stage_losses: each stage's
+    final weighted loss values; timings: seconds per stage, the photo's share of its batch's (the batch's
+    time over its size)."""
+
     params: dict[str, Tensor]
-    frame: Frame  # final frame, rasterized, no grad
-    landmarks68: Tensor  # (68, 2) fitted landmarks in crop pixels (jaw marched)
-    stage_losses: dict[str, dict[str, float]]  # final weighted loss values per stage
+    vertices: Tensor
+    screen: Tensor
+    rotation: Tensor
+    visible: Tensor
+    landmarks68: Tensor
+    stage_losses: dict[str, dict[str, float]]
     timings: dict[str, float] = field(default_factory=dict)
 
 
 class Fitter:
-    """Fits a face model to targets with the stages of a FitConfig."""
+    """Fits a face model to a batch of targets with the stages of a FitConfig.
+
+    Every tensor of the loop carries a leading batch dimension B, and every loss gives one value per
+    photo that depends on that photo's coefficients only; Adam's update is elementwise, so each photo's fit
+    is the one it would get alone (up to float rounding), and nothing reads back to the host per
+    iteration unless progress is reported.
+    """
 
     def __init__(self, model: FaceModel, config: FitConfig):
         self.model = model
@@ -62,8 +77,13 @@ class Fitter:
         lm = model.mean[model.landmarks68]
         self.depth_tol = DEPTH_TOL * (lm[36] - lm[45]).norm().item()
 
-    def init_params(self, target: FitTarget) -> dict[str, Tensor]:
-        """Frontal pose placed and scaled so the model's eye corners and landmark centroid match."""
+    def init_params(self, targets: TargetBatch) -> dict[str, Tensor]:
+        """Per photo, a frontal pose placed and scaled so the model's eye corners and landmark centroid
+        match; each tensor (B, ...)."""
+        photos = [self._init_one(t) for t in targets.targets]
+        return {name: torch.stack([p[name] for p in photos]) for name in photos[0]}
+
+    def _init_one(self, target: FitTarget) -> dict[str, Tensor]:
         m, dev = self.model, self.model.mean.device
         lm_model = m.mean[m.landmarks68]
         lm_target = target.landmarks68
@@ -92,10 +112,11 @@ class Fitter:
         return params
 
     def frame(self, params: dict[str, Tensor], raster: bool, vertices: Tensor | None = None) -> Frame:
-        """One iteration's geometry; ``vertices`` skips the model when its coefficients are fixed."""
+        """One iteration's geometry for the batch; ``vertices`` (B, V, 3) skips the model when its
+        coefficients are fixed."""
         verts = self.model(params["id"], params["exp"]) if vertices is None else vertices
         rotation = rotation_matrix(params["angles"]) * self.flip  # scales columns: R @ diag(flip)
-        cam = verts @ rotation.T + params["translation"]
+        cam = verts @ rotation.transpose(-1, -2) + params["translation"][:, None]
         screen = self.camera.project(cam)
         frame = Frame(vertices=verts, screen=screen, rotation=rotation, params=params)
         if raster:
@@ -103,7 +124,7 @@ class Fitter:
             size = self.camera.size
             frame.frags = rasterize(screen.detach(), tris, size, size)
             frame.normals = vertex_normals(cam, tris)
-            tol = self.depth_tol / params["translation"][2].item()  # vertex_visibility's tolerance is relative
+            tol = self.depth_tol / params["translation"][:, 2].detach()  # vertex_visibility's tolerance is relative
             frame.visible = vertex_visibility(screen.detach(), tris, frame.frags, frame.normals.detach(), tol)
             frame.depth_tol = tol
         return frame
@@ -115,9 +136,10 @@ class Fitter:
             if not self.model.has_albedo_basis:
                 params["albedo"].clamp_(0, 1)
 
-    def run_stage(self, stage: Stage, params: dict[str, Tensor], losses: dict, report=None) -> dict[str, float]:
-        """Run one stage in place on ``params``; returns its final weighted loss values. ``report(it,
-        values)`` is called every iteration if given (reading the values syncs a GPU, so only then)."""
+    def run_stage(self, stage: Stage, params: dict[str, Tensor], losses: dict, report=None) -> dict[str, Tensor]:
+        """Run one stage in place on the batch's ``params``; returns its final weighted loss values, (B,)
+        each. ``report(it, values)`` is called every iteration if given, with each loss's mean over the
+        batch (reading them syncs a GPU, so only then)."""
         groups = [{"params": [params[name]], "lr": lr} for name, lr in stage.lrs]
         for name, _ in stage.lrs:
             params[name].requires_grad_(True)
@@ -127,28 +149,28 @@ class Fitter:
         raster = any(losses[name].needs_raster for name, _ in stage.losses)
         shape_fixed = not {"id", "exp"} & {name for name, _ in stage.lrs}
         vertices = self.model(params["id"], params["exp"]).detach() if shape_fixed else None
-        values: dict[str, float] = {}
+        terms: dict[str, Tensor] = {}
         for it in range(stage.iterations):
             opt.zero_grad(set_to_none=True)
             frame = self.frame(params, raster, vertices)
             terms = {name: weight * losses[name](frame) for name, weight in stage.losses}
-            total = sum(terms.values())
-            total.backward()
+            # Photos are independent: the sum's gradient on each photo's coefficients is its own loss's.
+            sum(terms.values()).sum().backward()
             opt.step()
             sched.step()
             self._clamp(params)
-            if report is not None or it == stage.iterations - 1:
-                values = {k: float(v.detach()) for k, v in terms.items()}
             if report is not None:
-                report(it, values)
+                report(it, {k: float(v.detach().mean()) for k, v in terms.items()})
         for name, _ in stage.lrs:
             params[name].requires_grad_(False)
-        return values
+        return {k: v.detach() for k, v in terms.items()}
 
-    def fit(self, target: FitTarget, progress: ProgressCallback | None = None) -> FitResult:
-        params = self.init_params(target)
+    def fit(self, targets: list[FitTarget], progress: ProgressCallback | None = None) -> list[FitResult]:
+        """Fit a batch of targets (same crop size) at once; one result per target, in order."""
+        batch = TargetBatch.stack(targets)
+        params = self.init_params(batch)
         names = {name for stage in self.config.stages for name, _ in stage.losses}
-        losses = {name: make_loss(name, self.model, target, self.config) for name in names}
+        losses = {name: make_loss(name, self.model, batch, self.config) for name in names}
         stage_losses, timings = {}, {}
         n = len(self.config.stages)
         for k, stage in enumerate(self.config.stages):
@@ -158,9 +180,18 @@ class Fitter:
                 progress(Progress(stage.name, k, n, it + 1, stage.iterations, values))
 
             stage_losses[stage.name] = self.run_stage(stage, params, losses, report if progress else None)
-            timings[f"stage_{stage.name}"] = time.perf_counter() - t0
+            timings[f"stage_{stage.name}"] = (time.perf_counter() - t0) / len(targets)
         with torch.no_grad():
             final = self.frame(params, raster=True)
-            landmark = losses.get("landmark") or make_loss("landmark", self.model, target)
+            landmark = losses.get("landmark") or make_loss("landmark", self.model, batch)
             lm = landmark.fitted_points(final)
-        return FitResult(params=params, frame=final, landmarks68=lm, stage_losses=stage_losses, timings=timings)
+        values = {stage: {k: v.tolist() for k, v in terms.items()} for stage, terms in stage_losses.items()}
+        return [
+            FitResult(
+                params={k: v[b] for k, v in params.items()}, vertices=final.vertices[b], screen=final.screen[b],
+                rotation=final.rotation[b], visible=final.visible[b], landmarks68=lm[b],
+                stage_losses={stage: {k: v[b] for k, v in terms.items()} for stage, terms in values.items()},
+                timings=dict(timings),
+            )
+            for b in range(len(targets))
+        ]

@@ -42,7 +42,7 @@ OVERLAY_ALPHA = 0.75
 def photo_screen(output: FitOutput) -> torch.Tensor:
     """(V, 3) fitted vertices in photo pixels (x, y) with camera depth z."""
     crop = output.target.crop
-    s = output.result.frame.screen.detach()
+    s = output.result.screen.detach()
     offset = s.new_tensor(crop.offset)
     return torch.cat([(s[:, :2] - offset) / crop.scale, s[:, 2:]], 1)
 
@@ -62,12 +62,12 @@ def render_photo(output: FitOutput) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     bary = np.zeros((h, w, 3), dtype=np.float32)
     if x1 > x0 and y1 > y0:
         shifted = screen - screen.new_tensor([x0, y0, 0.0])
-        frags = rasterize(shifted, model.triangles, y1 - y0, x1 - x0)
-        tri[y0:y1, x0:x1] = frags.tri_id.cpu().numpy()
-        bary[y0:y1, x0:x1] = frags.bary.cpu().numpy()
-    frame = output.result.frame
-    cam = (frame.vertices @ frame.rotation.T + output.result.params["translation"]).detach()
-    normals = vertex_normals(cam, model.triangles).cpu().numpy()
+        frags = rasterize(shifted[None], model.triangles, y1 - y0, x1 - x0)
+        tri[y0:y1, x0:x1] = frags.tri_id[0].cpu().numpy()
+        bary[y0:y1, x0:x1] = frags.bary[0].cpu().numpy()
+    res = output.result
+    cam = (res.vertices @ res.rotation.T + res.params["translation"]).detach()
+    normals = vertex_normals(cam[None], model.triangles)[0].cpu().numpy()
     return tri, bary, normals
 
 
@@ -162,7 +162,7 @@ def mesh_files(output: FitOutput) -> trimesh.Trimesh:
     """The fitted shape in the model frame (pose not applied), albedo as vertex colours."""
     model = output.model
     params = output.result.params
-    verts = output.result.frame.vertices.detach().cpu().numpy()
+    verts = output.result.vertices.detach().cpu().numpy()
     albedo = vertex_albedo(model, params).detach().clamp(0, 1).cpu().numpy()
     colours = np.concatenate([albedo * 255, np.full((len(albedo), 1), 255)], 1).round().astype(np.uint8)
     return trimesh.Trimesh(verts, model.triangles.cpu().numpy(), vertex_colors=colours, process=False)
@@ -179,7 +179,7 @@ def params_document(output: FitOutput, source: str) -> dict:
         "camera": {
             "model_to_camera": "X_cam = R(angles) @ diag(1,-1,-1) @ X_model + translation",
             "angles_rad_pitch_yaw_roll": tolist(res.params["angles"]),
-            "rotation": tolist(res.frame.rotation),
+            "rotation": tolist(res.rotation),
             "translation": tolist(res.params["translation"]),
             "focal_px_crop": output.camera.focal,
             "crop_size": target.crop.size,

@@ -115,13 +115,22 @@ class Pipeline:
         self, prepared: Prepared, progress: ProgressCallback | None = None, fitter: Fitter | None = None
     ) -> FitOutput:
         """Fit a prepared photo with this pipeline's fitter, or another from :meth:`make_fitter`."""
+        return self.fit_batch([prepared], progress, fitter)[0]
+
+    def fit_batch(
+        self, prepared: list[Prepared], progress: ProgressCallback | None = None, fitter: Fitter | None = None
+    ) -> list[FitOutput]:
+        """Fit prepared photos as one batch (the same fits as one by one, faster per photo)."""
         fitter = fitter or self.fitter
         t0 = time.perf_counter()
-        result = fitter.fit(prepared.target, progress)
-        fit = time.perf_counter() - t0
-        timings = {**prepared.timings, **result.timings, "fit": fit, "total": sum(prepared.timings.values()) + fit}
-        return FitOutput(observation=prepared.observation, target=prepared.target, result=result, model=fitter.model,
-                         camera=fitter.camera, config=fitter.config, timings=timings)
+        results = fitter.fit([p.target for p in prepared], progress)
+        fit = (time.perf_counter() - t0) / len(prepared)  # each photo's share of the batch's time
+        outputs = []
+        for p, result in zip(prepared, results):
+            timings = {**p.timings, **result.timings, "fit": fit, "total": sum(p.timings.values()) + fit}
+            outputs.append(FitOutput(observation=p.observation, target=p.target, result=result, model=fitter.model,
+                                     camera=fitter.camera, config=fitter.config, timings=timings))
+        return outputs
 
     def fit(self, image: np.ndarray, progress: ProgressCallback | None = None) -> FitOutput:
         return self.fit_prepared(self.prepare(image), progress)

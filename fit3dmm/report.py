@@ -108,17 +108,17 @@ def model_views(model, size: int = 360) -> np.ndarray:
     for yaw in SHOW_YAWS:
         angles = mean.new_tensor([0.0, np.radians(yaw), 0.0])
         cam = camera.to_camera(mean - centre, angles, mean.new_tensor([0.0, 0.0, depth]))
-        screen = camera.project(cam)
+        screen = camera.project(cam)[None]
         frags = rasterize(screen, model.triangles, size, size)
-        normals = vertex_normals(cam, model.triangles)
-        tri, bary = frags.tri_id.cpu().numpy(), frags.bary.cpu().numpy()
+        normals = vertex_normals(cam[None], model.triangles)
+        tri, bary = frags.tri_id[0].cpu().numpy(), frags.bary[0].cpu().numpy()
         covered = tri >= 0
         labels = part_label_map(model, tri, bary)
-        light = camera_light(model, tri, bary, normals.cpu().numpy())
+        light = camera_light(model, tri, bary, normals[0].cpu().numpy())
         image = np.full((size, size, 3), 255, np.uint8)
         image[covered] = (palette[labels[covered]] * (0.5 + 0.5 * light[:, None])).clip(0, 255).astype(np.uint8)
-        visible = vertex_visibility(screen, model.triangles, frags, normals).cpu().numpy()
-        points = screen[model.landmarks68, :2].cpu().numpy()
+        visible = vertex_visibility(screen, model.triangles, frags, normals)[0].cpu().numpy()
+        points = screen[0, model.landmarks68, :2].cpu().numpy()
         for k, (lm, (x, y)) in enumerate(zip(model.landmarks68.tolist(), points)):
             if visible[lm]:
                 cv2.circle(image, (int(round(x)), int(round(y))), 2, (220, 0, 0), -1, cv2.LINE_AA)

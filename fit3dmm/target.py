@@ -77,19 +77,61 @@ class FitTarget:
     def size(self) -> int:
         return self.crop.size
 
+
+@dataclass
+class TargetBatch:
+    """B fit targets of the same crop size stacked for one batched fit (what the losses read).
+
+    image (B, S, S, 3); landmarks68 (B, 68, 2); part_masks: part name -> (B, S, S) bool; occluded and
+    face_mask (B, S, S) bool; brow_line (B, 3) float, (a, b, c) per photo, (0, 0, -1) without a line (no
+    point is above it); targets: the B :class:`FitTarget`.
+    """
+
+    image: Tensor
+    landmarks68: Tensor
+    part_masks: dict[str, Tensor]
+    occluded: Tensor
+    face_mask: Tensor
+    brow_line: Tensor
+    targets: list[FitTarget]
+
+    @classmethod
+    def stack(cls, targets: list[FitTarget]) -> "TargetBatch":
+        if len({t.size for t in targets}) != 1:
+            raise ValueError("a batch needs targets of one crop size")
+        device = targets[0].image.device
+        stack = lambda get: torch.stack([get(t) for t in targets])  # noqa: E731
+        lines = [t.brow_line or (0.0, 0.0, -1.0) for t in targets]
+        return cls(
+            image=stack(lambda t: t.image),
+            landmarks68=stack(lambda t: t.landmarks68),
+            part_masks={name: stack(lambda t: t.part_masks[name]) for name in PART_NAMES},
+            occluded=stack(lambda t: t.occluded),
+            face_mask=stack(lambda t: t.face_mask),
+            brow_line=torch.tensor(lines, dtype=torch.float32, device=device),
+            targets=list(targets),
+        )
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    @property
+    def size(self) -> int:
+        return self.targets[0].size
+
     def pixel_lookup(self, mask: Tensor, xy: Tensor) -> Tensor:
-        """(N,) bool: mask value at the nearest pixel of each point (N, 2); False outside the crop."""
+        """(B, N) bool: each photo's mask (B, S, S) at the nearest pixel of its points (B, N, 2); False
+        outside the crop."""
         ij = xy.detach().round().long()
-        inside = (ij >= 0).all(1) & (ij < self.size).all(1)
+        inside = (ij >= 0).all(-1) & (ij < self.size).all(-1)
         ij = ij.clamp(0, self.size - 1)
-        return mask[ij[:, 1], ij[:, 0]] & inside
+        batch = torch.arange(len(self), device=xy.device)[:, None]
+        return mask[batch, ij[..., 1], ij[..., 0]] & inside
 
     def above_brows(self, xy: Tensor) -> Tensor:
-        """(N,) bool: points on the forehead side of the brow line (all False without one)."""
-        if self.brow_line is None:
-            return torch.zeros(xy.shape[0], dtype=torch.bool, device=xy.device)
-        a, b, c = self.brow_line
-        return (xy[:, 0] * a + xy[:, 1] * b + c) > 0
+        """(B, N) bool: points (B, N, 2) on the forehead side of their photo's brow line."""
+        line = self.brow_line[:, None, :]
+        return (xy[..., 0] * line[..., 0] + xy[..., 1] * line[..., 1] + line[..., 2]) > 0
 
 
 def brow_tangent_line(labels: np.ndarray, toward: np.ndarray) -> tuple[float, float, float] | None:

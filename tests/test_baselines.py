@@ -14,7 +14,7 @@ from fit3dmm.metrics import part_iou
 from fit3dmm.models.facemodel import PART_NAMES
 from fit3dmm.render import rasterize
 from fit3dmm.render.soft import soft_silhouettes
-from fit3dmm.target import CropTransform, FitTarget
+from fit3dmm.target import CropTransform, FitTarget, TargetBatch
 
 POINT_SET_LOSSES = (Chamfer, DensityAwareChamfer, ICP, ICPReverse, PRDL)
 
@@ -74,7 +74,7 @@ def _random_triangles(n=12, size=40, seed=0):
 def test_soft_silhouette_converges_to_the_hard_one():
     xy, tris = _random_triangles()
     screen = torch.cat([xy, torch.ones(len(xy), 1)], 1)
-    hard = (rasterize(screen, tris, 40, 40).tri_id >= 0).float()
+    hard = (rasterize(screen[None], tris, 40, 40).tri_id[0] >= 0).float()
     errors = []
     for sigma in (3.0, 1.0, 0.3, 0.03, 1e-3, 1e-4):
         soft = soft_silhouettes(xy, tris, torch.zeros(len(tris), dtype=torch.long), 1, 40, sigma)[0]
@@ -107,7 +107,7 @@ def _iou_toy(size=48, n=11, spacing=1.9, origin=12.3, shift=(3.0, -2.0)):
     """A square grid mesh of the nose at origin, and a target nose mask of the same square moved by shift."""
     model = _GridModel(n)
     ys, xs = torch.meshgrid(torch.arange(n) * spacing + origin, torch.arange(n) * spacing + origin, indexing="ij")
-    screen = torch.stack([xs.ravel(), ys.ravel(), torch.ones(n * n)], 1)
+    screen = torch.stack([xs.ravel(), ys.ravel(), torch.ones(n * n)], 1)[None]
     mask = torch.zeros(size, size, dtype=torch.bool)
     lo, hi = origin + torch.tensor(shift), origin + torch.tensor(shift) + (n - 1) * spacing
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
@@ -117,17 +117,18 @@ def _iou_toy(size=48, n=11, spacing=1.9, origin=12.3, shift=(3.0, -2.0)):
     target = FitTarget(image=torch.zeros(size, size, 3), landmarks68=torch.zeros(68, 2),
                        labels=np.zeros((size, size), np.uint8), part_masks=masks, occluded=zeros, face_mask=zeros,
                        brow_line=None, crop=CropTransform(1.0, (0.0, 0.0), size))
-    frame = Frame(vertices=screen, screen=screen, rotation=torch.eye(3), params={}, visible=torch.ones(n * n, dtype=torch.bool),
-                  frags=rasterize(screen, model.fit_triangles, size, size))
-    return SoftIoU(model, target), frame
+    frame = Frame(vertices=screen, screen=screen, rotation=torch.eye(3)[None], params={},
+                  visible=torch.ones(1, n * n, dtype=torch.bool), frags=rasterize(screen, model.fit_triangles, size, size))
+    return SoftIoU(model, TargetBatch.stack([target])), frame
 
 
 def test_iou_loss_border_shortcut_matches_full_soft_silhouette():
     """Soft terms near the border plus the hard interior give SoftRas's silhouette of all triangles."""
     loss, frame = _iou_toy()
-    fast = loss.silhouettes(frame)[0]
-    full = soft_silhouettes(frame.screen[:, :2], loss.triangles, loss.groups, 1, 48, loss.sigma)[0]
-    inside = frame.frags.tri_id >= 0
+    nose = loss.part_names.index("nose")
+    fast = loss.silhouettes(frame)[0, nose]
+    full = soft_silhouettes(frame.screen[0, :, :2], loss.triangles, loss.groups, len(loss.part_names), 48, loss.sigma)[nose]
+    inside = frame.frags.tri_id[0] >= 0
     assert (fast - full).abs().max().item() < 0.1
     assert (fast[~inside] - full[~inside]).abs().max().item() < 0.05
     assert fast[~inside].max() > 0.1  # a soft edge, not the hard silhouette

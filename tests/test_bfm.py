@@ -178,6 +178,6 @@ def test_fit_runs_on_a_bfm_topology_model_with_its_albedo_basis(converted, share
     params = out.result.params
     assert params["albedo"].shape == (80,) and params["albedo"].abs().sum() > 0  # the photometric loss moved the basis
     assert all(bool(p.isfinite().all()) for p in params.values())
-    assert out.result.frame.visible.sum() > 1000  # the surface faces the camera
+    assert out.result.visible.sum() > 1000  # the surface faces the camera
     with pytest.raises(ModelError, match="no part annotation"):
         Pipeline(FitConfig.create(loss="prdl"), model)

@@ -10,7 +10,7 @@ from fit3dmm.config import FitConfig
 from fit3dmm.fitting import Fitter
 from fit3dmm.losses.prdl import PRDL
 from fit3dmm.models.facemodel import PART_NAMES
-from fit3dmm.target import CropTransform, FitTarget
+from fit3dmm.target import CropTransform, FitTarget, TargetBatch
 
 SIZE = 224
 
@@ -21,12 +21,12 @@ def fitter(ict_model):
 
 
 def frame_at(fitter, blink_left=0.0, grad=False):
-    """A frontal frame of the mean face filling the crop, with eyeBlink_L set."""
+    """A frontal frame (a batch of one) of the mean face filling the crop, with eyeBlink_L set."""
     model = fitter.model
     exp = torch.zeros(model.n_exp)
     exp[model.data.meta["expression_names"].index("eyeBlink_L")] = blink_left
-    params = {"angles": torch.zeros(3), "translation": torch.tensor([0.0, 2.0, 70.0]), "id": torch.zeros(model.n_id),
-              "exp": exp.requires_grad_(grad)}
+    params = {"angles": torch.zeros(1, 3), "translation": torch.tensor([[0.0, 2.0, 70.0]]), "id": torch.zeros(1, model.n_id),
+              "exp": exp[None].requires_grad_(grad)}
     return fitter.frame(params, raster=True), params
 
 
@@ -36,16 +36,16 @@ def visible_eyeball(fitter, frame, side):
     lo, hi = model.data.meta["regions"]["eyeballs"]
     tris = model.fit_triangles
     eyeball = (tris >= lo).all(1) & ((model.mean[tris[:, 0], 0] > 0) == (side == "left_eye"))
-    tri = frame.frags.tri_id
+    tri = frame.frags.tri_id[0]
     return (tri >= 0) & eyeball[tri.clamp(min=0)]
 
 
-def target_with(masks: dict) -> FitTarget:
+def target_with(masks: dict) -> TargetBatch:
     zeros = torch.zeros(SIZE, SIZE, dtype=torch.bool)
     part_masks = {name: masks.get(name, zeros) for name in PART_NAMES}
-    return FitTarget(image=torch.zeros(SIZE, SIZE, 3), landmarks68=torch.zeros(68, 2), labels=np.zeros((SIZE, SIZE), np.uint8),
-                     part_masks=part_masks, occluded=zeros, face_mask=zeros, brow_line=None,
-                     crop=CropTransform(1.0, (0.0, 0.0), SIZE))
+    return TargetBatch.stack([FitTarget(
+        image=torch.zeros(SIZE, SIZE, 3), landmarks68=torch.zeros(68, 2), labels=np.zeros((SIZE, SIZE), np.uint8),
+        part_masks=part_masks, occluded=zeros, face_mask=zeros, brow_line=None, crop=CropTransform(1.0, (0.0, 0.0), SIZE))])
 
 
 def test_margins_run_corner_to_corner_with_the_upper_lid_above(ict_model):
@@ -65,7 +65,8 @@ def test_opening_covers_the_visible_eyeball_and_follows_blinks(fitter):
     areas = []
     for blink in (0.0, 0.5):
         frame, _ = frame_at(fitter, blink)
-        points = loss.points(frame)[:, :2].detach().numpy()
+        k = loss.part_names.index("left_eye")
+        points = loss.points(frame)[0, loss.bounds[k] : loss.bounds[k + 1], :2].detach().numpy()
         seen = visible_eyeball(fitter, frame, "left_eye").numpy()
         hull = cv2.convexHull(points.astype(np.float32))
         poly = np.zeros((SIZE, SIZE), np.uint8)
@@ -89,7 +90,7 @@ def test_prdl_closes_the_lid_to_match_a_narrower_eye(fitter):
     slopes = []
     for _ in range(40):
         optim.zero_grad()
-        params["exp"] = torch.zeros(fitter.model.n_exp).index_put((torch.tensor([k]),), blink)
+        params["exp"] = torch.zeros(1, fitter.model.n_exp).index_put((torch.tensor([0]), torch.tensor([k])), blink)
         loss(fitter.frame(params, raster=True)).backward()
         slopes.append(blink.grad.item())
         optim.step()

@@ -13,8 +13,8 @@ def _params(model, yaw=0.0, blink=0.0):
     exp = torch.zeros(model.n_exp)
     names = model.data.meta["expression_names"]
     exp[names.index("eyeBlink_L")] = exp[names.index("eyeBlink_R")] = blink
-    return {"angles": torch.tensor([0.0, yaw, 0.0]), "translation": torch.tensor([0.0, 0.0, 110.0]),
-            "id": torch.zeros(model.n_id), "exp": exp}
+    return {"angles": torch.tensor([[0.0, yaw, 0.0]]), "translation": torch.tensor([[0.0, 0.0, 110.0]]),
+            "id": torch.zeros(1, model.n_id), "exp": exp[None]}
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +24,8 @@ def fitter(ict_model):
 
 def test_closed_lids_hide_the_eyeballs(fitter, ict_model):
     eyeballs = torch.arange(FACE[1] - FACE[0], ict_model.n_vertices)
-    open_eyes = fitter.frame(_params(ict_model, blink=0.0), raster=True).visible[eyeballs]
-    closed = fitter.frame(_params(ict_model, blink=1.0), raster=True).visible[eyeballs]
+    open_eyes = fitter.frame(_params(ict_model, blink=0.0), raster=True).visible[0, eyeballs]
+    closed = fitter.frame(_params(ict_model, blink=1.0), raster=True).visible[0, eyeballs]
     assert open_eyes.sum() > 200
     assert closed.sum() < 0.15 * open_eyes.sum()  # measured 9%: the rest peek through the eye corners
 
@@ -35,20 +35,20 @@ def test_jaw_landmarks_march_to_the_silhouette(fitter, ict_model, yaw):
     """On a head turned by ~35 degrees, the marched jaw landmarks of the side turning away lie on the
     silhouette (surface normal perpendicular to the viewing ray), where the frontal vertices do not."""
     frame = fitter.frame(_params(ict_model, yaw=yaw), raster=True)
-    target = type("T", (), {"landmarks68": torch.zeros(68, 2)})()
+    target = type("T", (), {"landmarks68": torch.zeros(1, 68, 2)})()
     loss = make_loss("landmark", ict_model, target)
-    marched = loss.fitted_points(frame)[:17]
+    marched = loss.fitted_points(frame)[0, :17]
     marching = [i for i in range(17) if (ict_model.contour[i] >= 0).sum() > 1]
     assert 6 <= len(marching) <= 12 and 8 not in marching
     away = [i for i in marching if (i < 8) == (yaw > 0)]  # the subject's right (0-7) turns away for yaw > 0
     near = [i for i in marching if i not in away]
-    screen = frame.screen[:, :2]
-    cam = frame.vertices @ frame.rotation.T + torch.tensor([0.0, 0.0, 110.0])
-    facing = ((frame.normals * torch.nn.functional.normalize(cam, dim=1)).sum(1)).abs()  # |cos|, 0 on the silhouette
+    screen = frame.screen[0, :, :2]
+    cam = frame.vertices[0] @ frame.rotation[0].T + torch.tensor([0.0, 0.0, 110.0])
+    facing = ((frame.normals[0] * torch.nn.functional.normalize(cam, dim=1)).sum(1)).abs()  # |cos|, 0 on the silhouette
     for i in away:
         vertex = int((screen - marched[i]).norm(dim=1).argmin())
         frontal = int(ict_model.landmarks68[i])
         assert facing[vertex] < 0.1, f"jaw landmark {i} is not on the silhouette"  # measured 0.00-0.03
         assert facing[frontal] > 0.4  # measured 0.46-0.68
     for i in near:  # on the side facing the camera the marched point stays visible (not behind the ear)
-        assert frame.visible[int((screen - marched[i]).norm(dim=1).argmin())]
+        assert frame.visible[0, int((screen - marched[i]).norm(dim=1).argmin())]

@@ -9,7 +9,7 @@ from fit3dmm.losses import Frame
 from fit3dmm.losses.parts import mask_points
 from fit3dmm.losses.prdl import PRDL, anchor_grid, descriptors
 from fit3dmm.models.facemodel import PART_NAMES
-from fit3dmm.target import CropTransform, FitTarget, brow_tangent_line, make_target
+from fit3dmm.target import CropTransform, FitTarget, TargetBatch, brow_tangent_line, make_target
 
 
 def test_descriptors_match_direct_computation():
@@ -29,16 +29,16 @@ def test_prdl_is_zero_when_sets_agree_and_positive_otherwise():
     loss, frame, ids = _toy()
     assert loss(frame).item() == pytest.approx(0.0, abs=1e-6)
     moved = frame.screen.detach().clone()
-    moved[ids["nose"], 0] += 2.0
+    moved[0, ids["nose"], 0] += 2.0
     frame.screen = moved
     assert loss(frame).item() > 0.1
 
 
 def test_empty_target_part_is_ignored():
     loss, frame, ids = _toy(empty=("left_eyebrow",))
-    assert "left_eyebrow" not in loss.part_names
+    assert loss.weights[0, loss.part_names.index("left_eyebrow")] == 0
     loss(frame).backward()
-    assert frame.screen.grad[ids["left_eyebrow"]].abs().sum() == 0
+    assert frame.screen.grad[0, ids["left_eyebrow"]].abs().sum() == 0
 
 
 def test_gradient_moves_point_along_line_to_anchor():
@@ -93,17 +93,17 @@ def test_batched_loss_equals_per_part_descriptors():
     g = torch.Generator().manual_seed(1)
     moved = (frame.screen.detach() + torch.randn(frame.screen.shape, generator=g)).requires_grad_(True)
     frame.screen = moved
-    frame.visible = torch.rand(len(moved), generator=g) > 0.3
+    frame.visible = torch.rand(moved.shape[:2], generator=g) > 0.3
     value = loss(frame)
     value.backward()
     grad = moved.grad.clone()
     moved.grad = None
     expected = 0.0
     for k, name in enumerate(loss.part_names):
-        part = ids[name][frame.visible[ids[name]]]
-        if len(part):
-            desc = descriptors(moved[part, :2], loss.anchors)
-            expected = expected + loss.weights[k] * ((desc - loss.target_desc[k]) ** 2).sum(1).mean()
+        part = ids[name][frame.visible[0, ids[name]]]
+        if len(part) and len(loss.target_points[0][k]):
+            desc = descriptors(moved[0, part, :2], loss.anchors)
+            expected = expected + loss.weights[0, k] * ((desc - loss.target_desc[0, k]) ** 2).sum(1).mean()
     expected.backward()
     assert value.item() == pytest.approx(expected.item(), rel=1e-5)
     assert torch.allclose(grad, moved.grad, atol=1e-5)
@@ -148,9 +148,9 @@ def test_area_weighted_mean_matches_an_evenly_covered_target():
     """Vertices crowded on one side of a part that fills its mask exactly: the plain vertex mean sees the
     crowd, the area-weighted mean sees the part, so only the latter is near zero at perfect alignment."""
     model, target = _UnevenGrid(), _nose_target()
-    screen = model.mean.clone()
-    visible = torch.ones(len(screen), dtype=torch.bool)
-    frame = Frame(vertices=screen, screen=screen, rotation=torch.eye(3), params={}, visible=visible)
+    screen = model.mean.clone()[None]
+    visible = torch.ones(screen.shape[:2], dtype=torch.bool)
+    frame = Frame(vertices=screen, screen=screen, rotation=torch.eye(3)[None], params={}, visible=visible)
     plain = PRDL(model, target, grid=4, area_weighted=False)(frame).item()
     weighted = PRDL(model, target, grid=4)(frame).item()
     assert weighted < 0.1 * plain
@@ -167,12 +167,12 @@ def test_anchor_grid_comes_from_the_fit_configuration():
     assert make_loss("chamfer", model, target, FitConfig.create(anchor_grid=3)).name == "chamfer"
 
 
-def _nose_target() -> FitTarget:
-    """A 64² target whose only part is a 29 x 41 px nose."""
+def _nose_target() -> TargetBatch:
+    """A batch of one 64² target whose only part is a 29 x 41 px nose."""
     mask = torch.zeros(64, 64, dtype=torch.bool)
     mask[12:41, 10:51] = True
     masks = {name: mask if name == "nose" else torch.zeros_like(mask) for name in PART_NAMES}
     zeros = torch.zeros(64, 64, dtype=torch.bool)
-    return FitTarget(image=torch.zeros(64, 64, 3), landmarks68=torch.zeros(68, 2),
-                     labels=np.zeros((64, 64), np.uint8), part_masks=masks, occluded=zeros, face_mask=zeros,
-                     brow_line=None, crop=CropTransform(1.0, (0.0, 0.0), 64))
+    return TargetBatch.stack([FitTarget(image=torch.zeros(64, 64, 3), landmarks68=torch.zeros(68, 2),
+                                        labels=np.zeros((64, 64), np.uint8), part_masks=masks, occluded=zeros,
+                                        face_mask=zeros, brow_line=None, crop=CropTransform(1.0, (0.0, 0.0), 64))])

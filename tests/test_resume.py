@@ -47,8 +47,9 @@ def test_killed_batch_resumes_fitting_each_photo_once(inputs, tmp_path):
     seen: dict[str, tuple[int, int]] = {}
     kills = 0
     for _ in range(3):
-        process = subprocess.Popen([*FIT, str(inputs), "-o", str(out), *QUICK], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+        # Batches of 2: a kill can land in a batch's fit or between the writes of its photos.
+        process = subprocess.Popen([*FIT, str(inputs), "-o", str(out), *QUICK, "--batch-size", "2"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # Kill at a random point after the next photo finishes: mid-fit, mid-write or between photos.
         deadline = time.monotonic() + 300
         while len(_results(out)) <= len(seen) and process.poll() is None and time.monotonic() < deadline:

@@ -5,7 +5,7 @@ import torch
 
 from fit3dmm.losses import Frame
 from fit3dmm.models.facemodel import PART_NAMES
-from fit3dmm.target import CropTransform, FitTarget
+from fit3dmm.target import CropTransform, FitTarget, TargetBatch
 
 
 class _Parts:
@@ -26,8 +26,9 @@ def vertex_points(ids):
 
 
 def toy_part_sets(loss_cls, size=32, empty=("left_eyebrow",), **loss_kwargs):
-    """A target with one small square blob per part (none for the `empty` parts) and a model whose
-    vertices sit exactly on the target pixels."""
+    """A batch of one target with one small square blob per part (none for the `empty` parts) and a model
+    whose vertices sit exactly on the target pixels. Returns (loss, frame, vertex ids per part); the
+    frame's screen is (1, N, 3)."""
     masks, ids, verts = {}, {}, []
     for k, name in enumerate(PART_NAMES):
         m = torch.zeros(size, size, dtype=torch.bool)
@@ -43,7 +44,7 @@ def toy_part_sets(loss_cls, size=32, empty=("left_eyebrow",), **loss_kwargs):
     target = FitTarget(image=torch.zeros(size, size, 3), landmarks68=torch.zeros(68, 2),
                        labels=np.zeros((size, size), np.uint8), part_masks=masks,
                        occluded=zeros, face_mask=zeros, brow_line=None, crop=CropTransform(1.0, (0.0, 0.0), size))
-    screen = torch.cat([torch.tensor(verts), torch.ones(len(verts), 1)], 1).requires_grad_(True)
-    frame = Frame(vertices=screen, screen=screen, rotation=torch.eye(3), params={},
-                  visible=torch.ones(len(verts), dtype=torch.bool))
-    return loss_cls(_Parts(ids), target, **loss_kwargs), frame, ids
+    screen = torch.cat([torch.tensor(verts), torch.ones(len(verts), 1)], 1)[None].requires_grad_(True)
+    frame = Frame(vertices=screen, screen=screen, rotation=torch.eye(3)[None], params={},
+                  visible=torch.ones(1, len(verts), dtype=torch.bool))
+    return loss_cls(_Parts(ids), TargetBatch.stack([target]), **loss_kwargs), frame, ids

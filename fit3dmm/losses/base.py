@@ -12,17 +12,18 @@ if TYPE_CHECKING:
     from ..config import FitConfig
     from ..models.facemodel import FaceModel
     from ..render import Fragments
-    from ..target import FitTarget
+    from ..target import TargetBatch
 
 
 @dataclass
 class Frame:
-    """What one fitting iteration computed, shared by every loss.
+    """What one fitting iteration computed for a batch of B photos, shared by every loss.
 
-    vertices (V, 3) model frame; screen (V, 3) crop pixels + depth; rotation (3, 3) model->camera
-    (including the axis flip); params: the fit's coefficient tensors by name. With rasterization:
-    normals (V, 3) camera frame, frags (hard pass, no grad, triangle ids into ``model.fit_triangles``),
-    visible (V,) bool, and the relative ``depth_tol`` its test used. Without, those are None.
+    vertices (B, V, 3) model frame; screen (B, V, 3) crop pixels + depth; rotation (B, 3, 3)
+    model->camera (including the axis flip); params: the fit's coefficient tensors by name, each with a
+    leading B. With rasterization: normals (B, V, 3) camera frame, frags (hard pass, no grad, triangle ids
+    into ``model.fit_triangles``), visible (B, V) bool, and the relative ``depth_tol`` (B,) its test used.
+    Without, those are None.
     """
 
     vertices: Tensor
@@ -32,19 +33,20 @@ class Frame:
     normals: Tensor | None = None
     frags: "Fragments | None" = None
     visible: Tensor | None = None
-    depth_tol: float = 0.005  # relative depth tolerance of the visibility test (render.vertex_visibility)
+    depth_tol: "Tensor | float" = 0.005  # relative depth tolerance of the visibility test (render.vertex_visibility)
 
 
 class Loss(ABC):
-    """A term of the objective. Constructed once per image (precompute target-side data there), then
-    called once per iteration. Set ``needs_raster`` if the loss reads normals, frags or visibility, and
-    ``needs_parts`` if it needs the model's part annotation."""
+    """A term of the objective for a batch of photos. Constructed once per batch (precompute target-side
+    data there), then called once per iteration; returns one value per photo, each depending on that
+    photo's parameters only, so a batch fits each photo as if alone. Set ``needs_raster`` if the loss
+    reads normals, frags or visibility, and ``needs_parts`` if it needs the model's part annotation."""
 
     name: ClassVar[str]
     needs_raster: ClassVar[bool] = False
     needs_parts: ClassVar[bool] = False
 
-    def __init__(self, model: "FaceModel", target: "FitTarget"):
+    def __init__(self, model: "FaceModel", target: "TargetBatch"):
         self.model = model
         self.target = target
 
@@ -55,7 +57,7 @@ class Loss(ABC):
 
     @abstractmethod
     def __call__(self, frame: Frame) -> Tensor:
-        """The loss value (scalar tensor) for this iteration's frame."""
+        """(B,) the loss value of each photo for this iteration's frame."""
 
 
 REGISTRY: dict[str, type[Loss]] = {}
@@ -66,8 +68,9 @@ def register(cls: type[Loss]) -> type[Loss]:
     return cls
 
 
-def make_loss(name: str, model: "FaceModel", target: "FitTarget", config: "FitConfig | None" = None) -> Loss:
-    """The registered loss ``name`` for this model and target, with its options from ``config`` if given."""
+def make_loss(name: str, model: "FaceModel", target: "TargetBatch", config: "FitConfig | None" = None) -> Loss:
+    """The registered loss ``name`` for this model and batch of targets, with its options from ``config``
+    if given."""
     try:
         cls = REGISTRY[name]
     except KeyError:

@@ -62,48 +62,58 @@ class SoftIoU(Loss):
         super().__init__(model, target)
         self.sigma = sigma
         tris = model.fit_triangles
+        device = tris.device
         part_of = triangle_parts(model.parts, tris)
-        present = [k for k, name in enumerate(PART_NAMES) if target.part_masks[name].any() and (part_of == k).any()]
+        present = [k for k in range(len(PART_NAMES)) if (part_of == k).any()]
         self.part_names = [PART_NAMES[k] for k in present]
-        group = torch.full((len(PART_NAMES),), -1, dtype=torch.long, device=tris.device)
-        group[present] = torch.arange(len(present), device=tris.device)
+        group = torch.full((len(PART_NAMES),), -1, dtype=torch.long, device=device)
+        group[present] = torch.arange(len(present), device=device)
         groups = group[part_of.clamp(min=0)].masked_fill(part_of < 0, -1)
         self.triangles, self.groups = tris[groups >= 0], groups[groups >= 0]
         # Index into the fit's triangles, where the hard pass's triangle ids point.
         self.fit_index = torch.nonzero(groups >= 0).squeeze(1)
         nb = triangle_neighbours(self.triangles.cpu().numpy())
-        self.neighbours = torch.from_numpy(nb).to(tris.device)
-        device = target.image.device
-        self.masks = torch.stack([target.part_masks[n] for n in self.part_names]).float() if present else None
+        self.neighbours = torch.from_numpy(nb).to(device)
+        # (B, P, S, S) target masks, and where each counts: not on occluders, and (skin) not above the brows.
+        self.masks = torch.stack([target.part_masks[n] for n in self.part_names], 1).float()
+        size = target.size
+        forehead = torch.stack([torch.from_numpy(above_line(t.brow_line, (size, size))) for t in target.targets]).to(device)
         valid = ~target.occluded
-        forehead = torch.from_numpy(above_line(target.brow_line, (target.size, target.size))).to(device)
-        valid = [valid & ~forehead if n == "skin" else valid for n in self.part_names]
-        self.valid = torch.stack(valid).float() if present else None
-        weights = [1.0 if part_weights is None else part_weights.get(n, 1.0) for n in self.part_names]
-        self.weights = torch.tensor(weights, device=device)
+        self.valid = torch.stack([valid & ~forehead if n == "skin" else valid for n in self.part_names], 1).float()
+        weights = torch.tensor([1.0 if part_weights is None else part_weights.get(n, 1.0) for n in self.part_names],
+                               device=device)
+        self.weights = weights * (self.masks.flatten(2).amax(2) > 0)  # (B, P): a photo's empty target part is left out
 
     def silhouettes(self, frame: Frame) -> Tensor:
-        """(P, S, S) soft silhouettes of the parts' triangles whose corners are all visible."""
-        seen = frame.visible[self.triangles].all(1)
+        """(B, P, S, S) soft silhouettes of the parts' triangles whose corners are all visible."""
+        seen = frame.visible[:, self.triangles].all(-1)  # (B, T)
         nb = self.neighbours.clamp(min=0)
-        inner = (self.neighbours >= 0) & seen[nb] & (self.groups[nb] == self.groups[:, None])
-        interior = seen & inner.all(1)
+        inner = (self.neighbours >= 0) & seen[:, nb] & (self.groups[nb] == self.groups[:, None])
+        interior = seen & inner.all(-1)
         soft = seen & ~interior
         for _ in range(SOFT_RINGS):  # the interior triangles near the border keep their soft terms too
-            soft = soft | (seen & (soft[nb] & inner).any(1))
+            soft = soft | (seen & (soft[:, nb] & inner).any(-1))
         # Hard coverage of the interior triangles: the z-buffer's front triangle at each pixel.
+        B, V = frame.screen.shape[:2]
         size, n = self.target.size, len(self.part_names)
-        group_of = torch.full((self.model.fit_triangles.shape[0] + 1,), -1, dtype=torch.long, device=seen.device)
-        group_of[self.fit_index[interior]] = self.groups[interior]
-        front = group_of[frame.frags.tri_id]  # tri_id -1 (uncovered) reads the last entry, -1
-        base = (front[None] == torch.arange(n, device=seen.device)[:, None, None]).float()
-        return soft_silhouettes(frame.screen[:, :2], self.triangles[soft], self.groups[soft], n, size, self.sigma, base)
+        n_fit = self.model.fit_triangles.shape[0]
+        group_of = torch.full((B, n_fit + 1), -1, dtype=torch.long, device=seen.device)
+        group_of[:, self.fit_index] = torch.where(interior, self.groups, -1)
+        front = group_of.gather(1, frame.frags.tri_id.reshape(B, -1).remainder(n_fit + 1))  # -1 (uncovered): the last entry
+        base = (front[:, None] == torch.arange(n, device=seen.device)[:, None]).float()  # (B, P, S*S)
+        # The soft triangles of all photos as one set: photo b's parts are groups b*P .. b*P + P-1.
+        photo, tri = torch.nonzero(soft, as_tuple=True)
+        triangles = self.triangles[tri] + (photo * V)[:, None]
+        groups = self.groups[tri] + photo * n
+        xy = frame.screen[..., :2].reshape(B * V, 2)
+        out = soft_silhouettes(xy, triangles, groups, B * n, size, self.sigma, base.view(B * n, size, size))
+        return out.view(B, n, size, size)
 
     def __call__(self, frame: Frame) -> Tensor:
-        if self.masks is None:
-            return frame.screen.new_zeros(())
+        if not self.part_names:
+            return frame.screen.new_zeros(frame.screen.shape[0])
         s = self.silhouettes(frame) * self.valid
         m = self.masks * self.valid
-        inter = (s * m).sum((1, 2))
-        union = (s + m - s * m).sum((1, 2)).clamp(min=1e-6)
-        return (self.weights * (1 - inter / union)).sum()
+        inter = (s * m).sum((-2, -1))
+        union = (s + m - s * m).sum((-2, -1)).clamp(min=1e-6)
+        return (self.weights * (1 - inter / union)).sum(1)

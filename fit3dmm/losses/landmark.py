@@ -32,20 +32,21 @@ class LandmarkLoss(Loss):
         self.outward = torch.nn.functional.normalize(outward, dim=1)  # model frame
 
     def fitted_points(self, frame: Frame) -> Tensor:
-        """(68, 2) fitted landmark positions in crop pixels, jaw marched."""
-        xy = frame.screen[:, :2]
-        lm = xy[self.model.landmarks68]
+        """(B, 68, 2) fitted landmark positions in crop pixels, jaw marched."""
+        xy = frame.screen[..., :2]
+        lm = xy[:, self.model.landmarks68]
         with torch.no_grad():
-            direction = (self.outward @ frame.rotation.T.detach())[:, :2]  # (17, 2) image directions
-            score = (xy[self.candidates] * direction[:, None, :]).sum(-1)
-            valid = self.valid
+            direction = (self.outward @ frame.rotation.transpose(-1, -2).detach())[..., :2]  # (B, 17, 2) in the image
+            score = (xy[:, self.candidates] * direction[:, :, None, :]).sum(-1)  # (B, 17, C)
+            valid = self.valid.expand_as(score)
             if frame.visible is not None:
                 # On the side facing the camera the outermost candidate can hide behind the ear.
-                seen = valid & frame.visible[self.candidates]
-                valid = torch.where(seen.any(1, keepdim=True), seen, valid)
+                seen = valid & frame.visible[:, self.candidates]
+                valid = torch.where(seen.any(-1, keepdim=True), seen, valid)
             score = score.masked_fill(~valid, float("-inf"))
-            pick = self.candidates.gather(1, score.argmax(1, keepdim=True)).squeeze(1)
-        return torch.cat([xy[pick], lm[17:]], dim=0)
+            pick = self.candidates[None].expand_as(score).gather(2, score.argmax(2, keepdim=True)).squeeze(2)
+        jaw = xy.gather(1, pick[..., None].expand(-1, -1, 2))
+        return torch.cat([jaw, lm[:, 17:]], dim=1)
 
     def __call__(self, frame: Frame) -> Tensor:
-        return ((self.fitted_points(frame) - self.target.landmarks68) ** 2).sum(1).mean()
+        return ((self.fitted_points(frame) - self.target.landmarks68) ** 2).sum(-1).mean(-1)

@@ -62,18 +62,20 @@ def nearest(a: Tensor, b: Tensor, tree: cKDTree | None = None) -> tuple[Tensor, 
 
 
 class PartSetLoss(Loss):
-    """Base of the losses that compare, per part, the predicted and target 2D point sets (the shared
-    set-up; PRDL evaluates all parts at once, :class:`PairwiseSetLoss` part by part).
+    """Base of the losses that compare, per part, the predicted and target 2D point sets of each photo of
+    a batch (the shared set-up; PRDL evaluates all parts and photos at once, :class:`PairwiseSetLoss` part
+    by part).
 
     ``part_weights``: part name -> weight (default :data:`PART_WEIGHTS`; unnamed parts 1). After
-    construction: ``part_names`` (parts with both a target and model points; an empty target part has
-    weight 0, i.e. is left out), ``target_points`` (one (M_p, 2) tensor per part), and the predicted
-    points as blends of vertices (``FaceModel.part_points``: a part's vertices, or for the eyes of a model
-    with lid margins the opening between the lids), one contiguous segment per part: ``sources`` (N, 4)
-    vertex ids and ``blend`` (N, 4) weights, ``ids`` (N,) each point's first vertex (the point itself
-    unless blended), ``blended`` (N,) bool, ``blend_triangles`` (T, 3) over the N points where blended
-    points stand for an area (else None), ``segment`` (N,) each point's part index, ``bounds`` the
-    segments' start offsets (P+1 ints), ``weights`` (P,).
+    construction: ``part_names`` (the P parts with model points), ``target_points`` (per photo, one
+    (M_p, 2) tensor per part, empty where the photo's mask of the part is), ``weights`` (B, P): the part
+    weights, 0 where a photo's target part is empty (the part is left out of that photo's loss); and the
+    predicted points as blends of vertices (``FaceModel.part_points``: a part's vertices, or for the eyes
+    of a model with lid margins the opening between the lids), one contiguous segment per part, the same
+    for every photo: ``sources`` (N, 4) vertex ids and ``blend`` (N, 4) weights, ``ids`` (N,) each
+    point's first vertex (the point itself unless blended), ``blended`` (N,) bool, ``blend_triangles``
+    (T, 3) over the N points where blended points stand for an area (else None), ``segment`` (N,) each
+    point's part index, ``bounds`` the segments' start offsets (P+1 ints).
     """
 
     needs_raster = True
@@ -83,81 +85,93 @@ class PartSetLoss(Loss):
         part_weights = PART_WEIGHTS if part_weights is None else part_weights
         super().__init__(model, target)
         device = target.image.device
-        names, sources, blends, triangles, points, weights = [], [], [], [], [], []
+        names, sources, blends, triangles = [], [], [], []
         n = 0
         for name in PART_NAMES:
-            pts = mask_points(target.part_masks[name], SKIN_POINTS if name == "skin" else None)
             ids, blend, tris = model.part_points(name)
-            if len(pts) == 0 or len(ids) == 0:
+            if len(ids) == 0:
                 continue
             names.append(name)
             sources.append(ids)
             blends.append(blend)
             triangles.append(None if tris is None else tris + n)
-            points.append(pts)
-            weights.append(part_weights.get(name, 1.0))
             n += len(ids)
         self.part_names = names
-        self.target_points = points
+        self.target_points = [
+            [mask_points(t.part_masks[name], SKIN_POINTS if name == "skin" else None) for name in names]
+            for t in target.targets
+        ]
+        present = torch.tensor([[len(p) > 0 for p in photo] for photo in self.target_points], device=device)
+        base = torch.tensor([part_weights.get(name, 1.0) for name in names], device=device)
+        self.weights = base * present.reshape(len(target), len(names))
         empty = torch.zeros(0, dtype=torch.long, device=device)
         self.sources = torch.cat(sources) if sources else empty.reshape(0, 4)
         self.blend = torch.cat(blends) if blends else torch.zeros(0, 4, device=device)
         self.ids = self.sources[:, 0]
         self.blended = torch.cat([torch.full((len(i),), t is not None, device=device) for i, t in zip(sources, triangles)]) \
             if sources else empty.bool()
+        self.blended_index = torch.nonzero(self.blended).squeeze(1)  # once, not a mask per iteration (a host sync)
         blend_tris = [t for t in triangles if t is not None]
         self.blend_triangles = torch.cat(blend_tris) if blend_tris else None
         self.segment = torch.cat([torch.full((len(i),), k, device=device) for k, i in enumerate(sources)]) if sources else empty
         self.bounds = [0, *torch.tensor([len(i) for i in sources], dtype=torch.long).cumsum(0).tolist()]
-        self.weights = torch.tensor(weights, device=device)
         self.is_skin = self.segment == (names.index("skin") if "skin" in names else -1)
 
     def points(self, frame: Frame) -> Tensor:
-        """(N, 3) the predicted points in screen space (crop pixels and depth), with autograd."""
+        """(B, N, 3) the predicted points in screen space (crop pixels and depth), with autograd."""
         if self.blend_triangles is None:
-            return frame.screen[self.ids]
-        return (frame.screen[self.sources] * self.blend[..., None]).sum(1)
+            return frame.screen[:, self.ids]
+        return (frame.screen[:, self.sources] * self.blend[..., None]).sum(2)
 
     def kept(self, frame: Frame, points: Tensor) -> Tensor:
-        """(N,) bool: visible, not on hair/occluders, and (skin) not above the brow line. A vertex's
+        """(B, N) bool: visible, not on hair/occluders, and (skin) not above the brow line. A vertex's
         visibility is the frame's; a blended point's is tested against the z-buffer."""
-        xy = points[:, :2].detach()
-        visible = frame.visible[self.ids]
+        xy = points[..., :2].detach()
+        visible = frame.visible[:, self.ids]
         if self.blend_triangles is not None:
-            seen = point_visibility(points[self.blended].detach(), frame.frags, BLEND_DEPTH_FACTOR * frame.depth_tol)
-            visible = visible.masked_scatter(self.blended, seen)
+            blended = points.detach().index_select(1, self.blended_index)
+            seen = point_visibility(blended, frame.frags, BLEND_DEPTH_FACTOR * frame.depth_tol)
+            visible = visible.index_copy(1, self.blended_index, seen)
         keep = visible & ~self.target.pixel_lookup(self.target.occluded, xy)
         return keep & ~(self.is_skin & self.target.above_brows(xy))
 
-    def predicted_sets(self, frame: Frame) -> list[tuple[int, Tensor]]:
-        """(part index, (N_p, 2) kept projected points) for each part with at least one kept point.
-        A part hidden in the fit (e.g. lids closed) has no points and no gradient to give."""
+    def predicted_sets(self, frame: Frame) -> list[list[tuple[int, Tensor]]]:
+        """Per photo: (part index, (N_p, 2) kept projected points) for each part with at least one kept
+        point and a target. A part hidden in the fit (e.g. lids closed) has no points and no gradient to
+        give. Sizes vary, so this reads the masks on the host (the pairwise baselines' cost, not PRDL's)."""
         points = self.points(frame)
-        keep = self.kept(frame, points)
-        xy = points[:, :2]
+        keep = self.kept(frame, points).cpu()
+        xy = points[..., :2]
         out = []
-        for k in range(len(self.part_names)):
-            lo, hi = self.bounds[k], self.bounds[k + 1]
-            pts = xy[lo:hi][keep[lo:hi]]
-            if len(pts):
-                out.append((k, pts))
+        for b, targets in enumerate(self.target_points):
+            sets = []
+            for k in range(len(self.part_names)):
+                lo, hi = self.bounds[k], self.bounds[k + 1]
+                mask = keep[b, lo:hi]
+                if len(targets[k]) and mask.any():
+                    sets.append((k, xy[b, lo:hi][mask.to(xy.device)]))
+            out.append(sets)
         return out
 
 
 class PairwiseSetLoss(PartSetLoss):
     """A part-set loss defined by point-to-point nearest neighbours, summed over parts with their weights
-    (chamfer, DCD, both ICPs). The target sets' k-d trees are built once, here."""
+    (chamfer, DCD, both ICPs). The target sets' k-d trees are built once, here. The nearest-neighbour
+    searches run per photo and part on the CPU (k-d trees), so these baselines loop over the batch."""
 
     def __init__(self, model, target, part_weights: dict[str, float] | None = None):
         super().__init__(model, target, part_weights)
-        self.target_trees = [cKDTree(p.cpu().numpy()) for p in self.target_points]
+        self.target_trees = [[cKDTree(p.cpu().numpy()) if len(p) else None for p in photo] for photo in self.target_points]
 
     @abstractmethod
     def part_term(self, pred: Tensor, target: Tensor, target_tree: cKDTree | None = None) -> Tensor:
         """The loss of one part: predicted (N, 2) against target (M, 2) points (with its k-d tree)."""
 
     def __call__(self, frame: Frame) -> Tensor:
-        total = frame.screen.new_zeros(())
-        for k, pred in self.predicted_sets(frame):
-            total = total + self.weights[k] * self.part_term(pred, self.target_points[k], self.target_trees[k])
-        return total
+        totals = []
+        for b, sets in enumerate(self.predicted_sets(frame)):
+            total = frame.screen.new_zeros(())
+            for k, pred in sets:
+                total = total + self.weights[b, k] * self.part_term(pred, self.target_points[b][k], self.target_trees[b][k])
+            totals.append(total)
+        return torch.stack(totals)

@@ -17,13 +17,16 @@ class PhotometricLoss(Loss):
 
     def __init__(self, model, target):
         super().__init__(model, target)
-        self.valid = (target.face_mask & ~target.occluded).reshape(-1)
+        self.valid = (target.face_mask & ~target.occluded).reshape(-1)  # (B*S*S,)
         self.pixels = target.image.reshape(-1, 3)
 
     def __call__(self, frame: Frame):
         colors = vertex_colors(self.model, frame.params, frame.normals)
         values, pixel = interpolate(frame.screen, self.model.fit_triangles, frame.frags, colors)
-        keep = self.valid[pixel]
-        if not keep.any():
-            return frame.screen.new_zeros(())
-        return (values[keep] - self.pixels[pixel[keep]]).norm(dim=1).mean()
+        # Per photo: the mean over its kept pixels (masked, not selected: no host sync).
+        keep = self.valid[pixel].to(values.dtype)
+        photo = pixel.div(self.target.size**2, rounding_mode="floor")
+        error = (values - self.pixels[pixel]).norm(dim=1) * keep
+        total = values.new_zeros(len(self.target)).index_add_(0, photo, error)
+        count = values.new_zeros(len(self.target)).index_add_(0, photo, keep)
+        return total / count.clamp(min=1)

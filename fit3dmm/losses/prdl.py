@@ -38,23 +38,25 @@ def anchor_grid(size: int, per_side: int, device: torch.device | None = None) ->
 
 
 def vertex_areas(points: Tensor, triangles: Tensor) -> Tensor:
-    """(V,) a third of the summed areas of each vertex's triangles; points (V, 2) or (V, 3)."""
-    a, b, c = (points[triangles[:, k]] for k in range(3))
-    if points.shape[1] == 2:
+    """(..., V) a third of the summed areas of each vertex's triangles; points (..., V, 2) or (..., V, 3)."""
+    a, b, c = (points[..., triangles[:, k], :] for k in range(3))
+    if points.shape[-1] == 2:
         u, v = b - a, c - a
-        area = 0.5 * (u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0]).abs()
+        area = 0.5 * (u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]).abs()
     else:
-        area = 0.5 * torch.linalg.cross(b - a, c - a).norm(dim=1)
-    return torch.zeros(len(points), device=points.device).index_add_(0, triangles.reshape(-1), area.repeat_interleave(3) / 3)
+        area = 0.5 * torch.linalg.cross(b - a, c - a, dim=-1).norm(dim=-1)
+    return points.new_zeros(points.shape[:-1]).index_add_(-1, triangles.reshape(-1), area.repeat_interleave(3, dim=-1) / 3)
 
 
 @register
 class PRDL(PartSetLoss):
-    """PRDL over all parts at once. The parts' vertices form one array (a contiguous segment per part),
-    so an iteration does one gather and one anchor-to-point distance matrix; the means are one matrix
-    product, and the nearest/farthest points are found without autograd and only their distances
-    recomputed with it, which gives the same values and gradients as :func:`descriptors` per part
-    at a fraction of the backward cost. Dropped points are masked, not removed."""
+    """PRDL over all parts and photos at once. The parts' points form one array (a contiguous segment per
+    part, the same for every photo), so an iteration does one gather and one anchor-to-point distance
+    tensor (B, N, A); the means are one matrix product with the parts' indicator (P, N), and the
+    nearest/farthest points are found without autograd and only their distances recomputed with it,
+    which gives the same values and gradients as :func:`descriptors` per part at a fraction of the
+    backward cost. Dropped points are masked, not removed, and empty parts get weight 0, so nothing
+    depends on data-dependent sizes (no host sync)."""
 
     name = "prdl"
 
@@ -66,9 +68,16 @@ class PRDL(PartSetLoss):
                  area_weighted: bool = True):
         super().__init__(model, target, part_weights)
         self.area_weighted = area_weighted
-        self.anchors = anchor_grid(target.size, grid or ANCHOR_GRID, device=target.image.device)
-        # (P, A, 3) target descriptors, or None without any part.
-        self.target_desc = torch.stack([descriptors(p, self.anchors) for p in self.target_points]) if self.part_names else None
+        device = target.image.device
+        self.anchors = anchor_grid(target.size, grid or ANCHOR_GRID, device=device)
+        n_parts, n_anchors = len(self.part_names), len(self.anchors)
+        # (B, P, A, 3) target descriptors; zeros for an empty part (its weight is 0).
+        self.target_desc = torch.zeros(len(target), n_parts, n_anchors, 3, device=device)
+        for b, photo in enumerate(self.target_points):
+            for k, pts in enumerate(photo):
+                if len(pts):
+                    self.target_desc[b, k] = descriptors(pts, self.anchors)
+        self.indicator = (self.segment[None] == torch.arange(n_parts, device=device)[:, None]).float()  # (P, N)
         if self.area_weighted:
             tris = model.fit_triangles
             # 3D area each point stands for over its own one-ring area: 1 for parts using every vertex,
@@ -76,42 +85,43 @@ class PRDL(PartSetLoss):
             ring3d = vertex_areas(model.mean, tris)[self.ids]
             self.area_scale = torch.where(self.is_skin, 1.0 / ring3d.clamp(min=1e-12), torch.ones_like(ring3d))
 
-    def point_weights(self, frame: Frame, points: Tensor, kept: Tensor) -> Tensor:
-        """(N',) weight of each kept point in the mean statistic: the screen area it stands for, so the
-        mean over unevenly spaced vertices matches the mean over the mask's evenly spaced pixels. Blended
-        points (eye openings) stand for the area of their own grid's cells."""
-        area = vertex_areas(frame.screen.detach(), self.model.fit_triangles)[self.ids] * self.area_scale
+    def point_weights(self, frame: Frame, points: Tensor) -> Tensor:
+        """(B, N) weight of each point in the mean statistic: the screen area it stands for, so the mean
+        over unevenly spaced vertices matches the mean over the mask's evenly spaced pixels. Blended
+        points (eye openings) stand for the area of their own grid's cells. (The vertices' areas are taken
+        on (x, y, depth) screen points, depth in model units: for a face's shallow triangles nearly the
+        pixel area; this is the variant measured in the README.)"""
+        area = vertex_areas(frame.screen.detach(), self.model.fit_triangles)[:, self.ids] * self.area_scale
         if self.blend_triangles is not None:
-            grid = vertex_areas(points[:, :2].detach(), self.blend_triangles)
+            grid = vertex_areas(points[..., :2].detach(), self.blend_triangles)
             area = torch.where(self.blended, grid, area)
-        return area[kept]
+        return area
 
     def __call__(self, frame: Frame) -> Tensor:
-        if self.target_desc is None:
-            return frame.screen.new_zeros(())
+        B = frame.screen.shape[0]
+        if not self.part_names:
+            return frame.screen.new_zeros(B)
         points = self.points(frame)
-        kept = torch.nonzero(self.kept(frame, points)).squeeze(1)
-        xy, segment = points[kept, :2], self.segment[kept]  # still sorted by part
-        n_parts = len(self.part_names)
-        count = torch.bincount(segment, minlength=n_parts)
-        dist = torch.cdist(xy, self.anchors, compute_mode="donot_use_mm_for_euclid_dist")  # (N, A)
-        if self.area_weighted:
-            w = self.point_weights(frame, points, kept)
-            mean = torch.zeros(n_parts, dist.shape[1], device=xy.device).index_add_(0, segment, dist * w[:, None])
-            total = torch.zeros(n_parts, device=xy.device).index_add_(0, segment, w)
-            mean = mean / total.clamp(min=1e-12)[:, None]
-        else:
-            mean = torch.zeros(n_parts, dist.shape[1], device=xy.device).index_add_(0, segment, dist)
-            mean = mean / count.clamp(min=1)[:, None]
-        present = torch.nonzero(count).squeeze(1).tolist()
-        bounds = torch.cat([count.new_zeros(1), count.cumsum(0)]).tolist()
+        kept = self.kept(frame, points)  # (B, N)
+        keptf = kept.to(points.dtype)
+        xy = points[..., :2]
+        anchors = self.anchors.expand(B, -1, -1)
+        dist = torch.cdist(xy, anchors, compute_mode="donot_use_mm_for_euclid_dist")  # (B, N, A)
+        w = self.point_weights(frame, points) * keptf if self.area_weighted else keptf
+        mean = (self.indicator @ (dist * w[..., None])) / (self.indicator @ w[..., None]).clamp(min=1e-12)  # (B, P, A)
+        present = (self.indicator @ keptf[..., None]).squeeze(-1) > 0  # (B, P): a part with kept points
         with torch.no_grad():
-            i_near = torch.stack([dist[bounds[p] : bounds[p + 1]].argmin(0) + bounds[p] for p in present])
-            i_far = torch.stack([dist[bounds[p] : bounds[p + 1]].argmax(0) + bounds[p] for p in present])
-        # Only the chosen points' distances need autograd: (P', A) each.
-        nearest = (xy[i_near] - self.anchors).norm(dim=-1)
-        farthest = (xy[i_far] - self.anchors).norm(dim=-1)
-        desc = torch.stack([nearest, farthest, mean[present]], dim=-1)  # (P', A, 3)
+            hidden = ~kept[..., None]
+            near, far = dist.masked_fill(hidden, float("inf")), dist.masked_fill(hidden, float("-inf"))
+            b = self.bounds
+            i_near = torch.stack([near[:, b[p] : b[p + 1]].argmin(1) + b[p] for p in range(len(self.part_names))], 1)
+            i_far = torch.stack([far[:, b[p] : b[p + 1]].argmax(1) + b[p] for p in range(len(self.part_names))], 1)
+
+        def distance(index: Tensor) -> Tensor:  # (B, P, A) with autograd, for the chosen points only
+            chosen = xy.gather(1, index.reshape(B, -1, 1).expand(-1, -1, 2)).view(*index.shape, 2)
+            return (chosen - self.anchors).norm(dim=-1)
+
+        desc = torch.stack([distance(i_near), distance(i_far), mean], dim=-1)  # (B, P, A, 3)
+        per_part = ((desc - self.target_desc) ** 2).sum(-1).mean(-1)  # (B, P)
         # A part hidden in the fit (e.g. lids closed) has no points and no gradient to give.
-        per_part = ((desc - self.target_desc[present]) ** 2).sum(-1).mean(1)
-        return (self.weights[present] * per_part).sum()
+        return (self.weights * present * per_part).sum(1)

@@ -15,9 +15,9 @@ class CoefficientPrior(Loss):
 
     def __call__(self, frame: Frame):
         p = frame.params
-        total = ID_WEIGHT * (p["id"] ** 2).sum() + EXP_WEIGHT * (p["exp"] ** 2).sum()
+        total = ID_WEIGHT * (p["id"] ** 2).sum(-1) + EXP_WEIGHT * (p["exp"] ** 2).sum(-1)
         if self.model.has_albedo_basis:
-            total = total + ALBEDO_WEIGHT * (p["albedo"] ** 2).sum()
+            total = total + ALBEDO_WEIGHT * (p["albedo"] ** 2).sum(-1)
         return total
 
 
@@ -30,6 +30,6 @@ class AlbedoSmoothness(Loss):
 
     def __call__(self, frame: Frame):
         if self.model.has_albedo_basis:
-            return frame.screen.new_zeros(())
+            return frame.screen.new_zeros(frame.screen.shape[0])
         a, edges = frame.params["albedo"], self.model.edges
-        return ((a[edges[:, 0]] - a[edges[:, 1]]) ** 2).sum(1).mean()
+        return ((a[:, edges[:, 0]] - a[:, edges[:, 1]]) ** 2).sum(-1).mean(-1)

@@ -112,9 +112,9 @@ def annotate(
         except Fit3dmmError as e:  # one bad photo must not stop the vote
             failures.append((str(image_path), str(e)))
             continue
-        frame, crop = out.result.frame, out.target.crop
-        visible = frame.visible.cpu().numpy()
-        xy = crop.to_photo(frame.screen[:, :2].cpu().numpy()).round().astype(np.int64)
+        res, crop = out.result, out.target.crop
+        visible = res.visible.cpu().numpy()
+        xy = crop.to_photo(res.screen[:, :2].cpu().numpy()).round().astype(np.int64)
         h, w = mask.shape
         inside = visible & (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)
         ids = np.nonzero(inside)[0]

@@ -1,9 +1,14 @@
 """Vectorized z-buffer rasterization, differentiable attribute interpolation and vertex visibility.
 
 Screen space follows OpenCV: x = column, y = row, pixel centres at integer coordinates, so an
-``H x W`` image covers x in [-0.5, W-0.5] and y in [-0.5, H-0.5]. Vertices come as ``screen (V, 3)
+``H x W`` image covers x in [-0.5, W-0.5] and y in [-0.5, H-0.5]. Vertices come as ``screen (B, V, 3)
 = (x, y, z)`` with z the positive camera-space depth (larger = farther); x and y are already
 divided by depth, so perspective-correct interpolation weights screen barycentrics by 1/z.
+
+Everything is batch first: ``B`` meshes with the same faces (the photos of a batch), ``screen (B, V,
+3)``, ``Fragments`` of ``(B, H, W)``. Inside, the B images are stacked into one image of B*H rows (each
+mesh's y shifted by b*H, its triangles clipped to its own rows), so a batch costs one pass of the
+same flat kernels as one mesh, with no per-mesh loop.
 
 The hard pass (:func:`rasterize`) has no autograd. :func:`interpolate` recomputes barycentrics
 for the triangle found at each covered pixel from ``screen`` (the rasterize-then-interpolate
@@ -46,19 +51,19 @@ _EMPTY_KEY = torch.iinfo(torch.int64).max
 
 @dataclass
 class Fragments:
-    """Per-pixel result of :func:`rasterize` for an ``H x W`` image."""
+    """Per-pixel result of :func:`rasterize` for B images of ``H x W``."""
 
-    tri_id: Tensor  # (H, W) long, face index, -1 where no triangle
-    zbuf: Tensor  # (H, W) float, camera depth of the visible surface, +inf where empty
-    bary: Tensor  # (H, W, 3) float, perspective-correct barycentrics (zeros where empty), no grad
+    tri_id: Tensor  # (B, H, W) long, face index, -1 where no triangle
+    zbuf: Tensor  # (B, H, W) float, camera depth of the visible surface, +inf where empty
+    bary: Tensor  # (B, H, W, 3) float, perspective-correct barycentrics (zeros where empty), no grad
 
     @property
     def height(self) -> int:
-        return self.tri_id.shape[0]
+        return self.tri_id.shape[1]
 
     @property
     def width(self) -> int:
-        return self.tri_id.shape[1]
+        return self.tri_id.shape[2]
 
 
 def _bary_terms(coords: Tensor, corners: list[Tensor], pix: Tensor, width: int) -> tuple:
@@ -144,13 +149,13 @@ class _Interpolate(torch.autograd.Function):
         return grad_screen, grad_attrs, None, None, None
 
 
-def _columns(screen: Tensor, faces: Tensor) -> tuple[Tensor, Tensor]:
-    """screen (V, 3), faces (F, 3) → contiguous (3, V) coordinate rows and (3, F) corner rows.
-
-    On CPU, 1-D gathers and elementwise ops on contiguous rows are several times faster than
-    on the strided columns of (N, 3) tensors.
-    """
-    return screen.t().contiguous(), faces.long().t().contiguous()
+def _stacked(screen: Tensor, height: int) -> Tensor:
+    """screen (B, V, 3) -> (B*V, 3): the B images stacked into one of B*height rows, mesh b's y shifted
+    by b*height (differentiable)."""
+    B = screen.shape[0]
+    shift = torch.zeros(B, 1, 3, dtype=screen.dtype, device=screen.device)
+    shift[:, 0, 1] = torch.arange(B, dtype=screen.dtype, device=screen.device) * height
+    return (screen + shift).reshape(-1, 3)
 
 
 def _segment_ids(ends: Tensor, total: int) -> Tensor:
@@ -174,19 +179,31 @@ def _chunks(counts: Tensor, budget: int) -> list[tuple[int, int]]:
 def rasterize(screen: Tensor, faces: Tensor, height: int, width: int) -> Fragments:
     """Hard z-buffer rasterization of triangles, without autograd.
 
-    screen (V, 3) as (x, y, depth); faces (F, 3) long. Both windings are drawn (culling is the
-    job of :func:`vertex_visibility`). Skipped: triangles with a vertex at depth <= 0 (no near
-    clipping), non-finite vertices, and degenerate (zero-area) triangles. Pixel centres on an
-    edge count as inside (see ``EDGE_EPS``); exact depth ties go to the smallest face id.
-    Returns :class:`Fragments` with tensors on ``screen.device``; ``bary``/``zbuf`` have
+    screen (B, V, 3) as (x, y, depth); faces (F, 3) long, the same for every mesh. Both windings are
+    drawn (culling is the job of :func:`vertex_visibility`). Skipped: triangles with a vertex at depth
+    <= 0 (no near clipping), non-finite vertices, and degenerate (zero-area) triangles. Pixel centres on
+    an edge count as inside (see ``EDGE_EPS``); exact depth ties go to the smallest face id.
+    Returns :class:`Fragments` of (B, H, W) with tensors on ``screen.device``; ``bary``/``zbuf`` have
     ``screen.dtype`` (the depth test itself compares float32 1/z).
     """
+    B, n_faces = screen.shape[0], faces.shape[0]
+    if B * max(n_faces, screen.shape[1]) >= 1 << 31:
+        raise ValueError("rasterize: too many triangles in one batch (face ids are 32-bit)")
     with torch.no_grad():
-        return _rasterize(*_columns(screen.detach(), faces), height, width)
+        stack = _stacked(screen.detach(), height)
+        offsets = torch.arange(B, device=screen.device) * screen.shape[1]
+        corners = (faces.long().t()[:, None, :] + offsets[:, None]).reshape(3, -1)  # (3, B*F) into the stack
+        top = (torch.arange(B, device=screen.device, dtype=screen.dtype) * height).repeat_interleave(n_faces)
+        tri_id, zbuf, bary = _rasterize(stack.t().contiguous(), corners, top, height, width, B)
+        local = torch.where(tri_id >= 0, tri_id.remainder(max(n_faces, 1)), tri_id)  # face id within its mesh
+        return Fragments(local.view(B, height, width), zbuf.view(B, height, width), bary.view(B, height, width, 3))
 
 
-def _rasterize(coords: Tensor, corners: Tensor, height: int, width: int) -> Fragments:
-    """:func:`rasterize` on coords (3, V) and corners (3, F) from ``_columns``."""
+def _rasterize(coords: Tensor, corners: Tensor, top: Tensor, height: int, width: int, n_images: int) -> tuple:
+    """:func:`rasterize` of the stacked image: coords (3, N) rows of the stacked vertices, corners (3, T),
+    top (T,) the first row of each triangle's own image (its rows are top .. top + height - 1).
+    Returns flat (n_images * height * width,) triangle ids into T (-1 where empty), depths, and
+    (..., 3) barycentrics."""
     dev, dtype = coords.device, coords.dtype
     H, W = height, width
     inf = float("inf")
@@ -196,15 +213,16 @@ def _rasterize(coords: Tensor, corners: Tensor, height: int, width: int) -> Frag
     # NaN coordinates make area2 NaN, which fails both comparisons.
     valid = (area2.abs() > _MIN_AREA2) & (area2.abs() < inf)
     valid &= (torch.minimum(torch.minimum(z0, z1), z2) > 0) & (torch.maximum(torch.maximum(z0, z1), z2) < inf)
-    # Integer bounding box of covered pixel centres, kept as floats until clamped to the image.
+    # Integer bounding box of covered pixel centres, kept as floats until clamped to the triangle's image.
     xmin = torch.minimum(torch.minimum(x0, x1), x2).ceil_().clamp_(0, W)
     xmax = torch.maximum(torch.maximum(x0, x1), x2).floor_().clamp_(-1, W - 1)
-    ymin = torch.minimum(torch.minimum(y0, y1), y2).ceil_().clamp_(0, H)
-    ymax = torch.maximum(torch.maximum(y0, y1), y2).floor_().clamp_(-1, H - 1)
+    ymin = torch.minimum(torch.minimum(y0, y1), y2).ceil_().clamp_(top, top + H)
+    ymax = torch.maximum(torch.maximum(y0, y1), y2).floor_().clamp_(top - 1, top + H - 1)
     valid &= (xmax >= xmin) & (ymax >= ymin)
     tri = valid.nonzero().squeeze(1)  # (T,) faces that can cover a pixel centre
 
-    buf = torch.full((H * W,), _EMPTY_KEY, dtype=torch.long, device=dev)
+    pixels = n_images * H * W
+    buf = torch.full((pixels,), _EMPTY_KEY, dtype=torch.long, device=dev)
     if tri.numel():
         # Screen barycentrics b1, b2 are affine in the pixel position: b = g . (p - v0). They
         # are evaluated at the box origin relative to vertex 0, which keeps float32 precise at
@@ -233,16 +251,16 @@ def _rasterize(coords: Tensor, corners: Tensor, height: int, width: int) -> Frag
 
     pix = (buf < _FAR_KEY).nonzero().squeeze(1)
     tri_pix = buf.index_select(0, pix) & 0xFFFFFFFF
-    tri_id = torch.full((H * W,), -1, dtype=torch.long, device=dev).index_copy_(0, pix, tri_pix)
+    tri_id = torch.full((pixels,), -1, dtype=torch.long, device=dev).index_copy_(0, pix, tri_pix)
     del buf  # frees 8 bytes per pixel before the barycentric pass
-    zbuf = torch.full((H * W,), inf, dtype=dtype, device=dev)
-    bary = torch.zeros((H * W, 3), dtype=dtype, device=dev)
+    zbuf = torch.full((pixels,), inf, dtype=dtype, device=dev)
+    bary = torch.zeros((pixels, 3), dtype=dtype, device=dev)
     for s in range(0, pix.numel(), _CHUNK):  # chunked: ~25 temporaries per pixel
         p, t = pix[s : s + _CHUNK], tri_pix[s : s + _CHUNK]
         _, _, _, w, depth = _bary_terms(coords, [c.index_select(0, t) for c in corners], p, W)
         zbuf.index_copy_(0, p, depth)
         bary.index_copy_(0, p, torch.stack([wk * depth for wk in w], dim=1))
-    return Fragments(tri_id.view(H, W), zbuf.view(H, W), bary.view(H, W, 3))
+    return tri_id, zbuf, bary
 
 
 def _scatter_rows(
@@ -300,16 +318,20 @@ def _scatter_pixels(buf: Tensor, rows: list[Tensor], origin: Tensor, tri: Tensor
 def interpolate(screen: Tensor, faces: Tensor, frags: Fragments, attrs: Tensor) -> tuple[Tensor, Tensor]:
     """Differentiably interpolate vertex attributes at the covered pixel centres.
 
-    screen (V, 3), possibly requiring grad; faces (F, 3) long, the ones given to
-    :func:`rasterize`; attrs (V, C). Barycentrics are recomputed from ``screen`` for the
+    screen (B, V, 3), possibly requiring grad; faces (F, 3) long, the ones given to
+    :func:`rasterize`; attrs (B, V, C). Barycentrics are recomputed from ``screen`` for the
     triangle ids in ``frags``, so gradients reach both ``screen`` and ``attrs``.
-    Returns (values (N, C), pixel_index (N,) long into H*W, row-major) for the N covered pixels.
+    Returns (values (N, C), pixel_index (N,) long into B*H*W, row-major) for the N covered pixels.
     """
+    B, V, _ = screen.shape
+    stack = _stacked(screen, frags.height)
     tri_id = frags.tri_id.reshape(-1)
     pix = (tri_id >= 0).nonzero().squeeze(1)
     tri = tri_id.index_select(0, pix)
-    corners = torch.stack([c.index_select(0, tri) for c in faces.long().t().contiguous()])  # (3, N)
-    return _Interpolate.apply(screen, attrs, corners, pix, frags.width), pix
+    image = pix.div(frags.height * frags.width, rounding_mode="floor")
+    corners = torch.stack([c.index_select(0, tri) + image * V for c in faces.long().t().contiguous()])  # (3, N)
+    values = _Interpolate.apply(stack, attrs.reshape(B * V, -1), corners, pix, frags.width)
+    return values, pix
 
 
 def vertex_visibility(
@@ -317,13 +339,13 @@ def vertex_visibility(
     faces: Tensor,
     frags: Fragments,
     normals: Tensor | None = None,
-    depth_tol: float = 0.005,
+    depth_tol: float | Tensor = 0.005,
 ) -> Tensor:
     """Which vertices are seen by the camera.
 
-    screen (V, 3); faces (F, 3) long and ``frags`` from :func:`rasterize` of the same mesh;
-    normals (V, 3) optional camera-space normals with +z pointing away from the camera (the
-    frame in which ``screen`` z is depth). Returns (V,) bool.
+    screen (B, V, 3); faces (F, 3) long and ``frags`` from :func:`rasterize` of the same meshes;
+    normals (B, V, 3) optional camera-space normals with +z pointing away from the camera (the
+    frame in which ``screen`` z is depth); depth_tol a float or (B,) per mesh. Returns (B, V) bool.
 
     A vertex is visible iff
       1. its projection lies in the image, x in [-0.5, W-0.5) and y in [-0.5, H-0.5), with z > 0;
@@ -343,54 +365,62 @@ def vertex_visibility(
     just behind such a contour.
     """
     inside, flat, zb, z = _depth_neighbourhood(screen, frags)
-    t = frags.tri_id.reshape(-1).index_select(0, flat).clamp_(min=0)
-    vid = torch.arange(screen.shape[0], device=screen.device)
+    t = frags.tri_id.reshape(-1).index_select(0, flat.reshape(-1)).clamp_(min=0).view(flat.shape)  # (4, B, V)
+    vid = torch.arange(screen.shape[1], device=screen.device)
     own = torch.zeros_like(zb, dtype=torch.bool)
     for corner in faces.long().t().contiguous():
-        own |= corner.index_select(0, t).view(4, -1) == vid
-    visible = inside & (own | (zb * (1.0 + depth_tol) >= z)).any(0)
+        own |= corner[t] == vid
+    visible = inside & (own | (zb * (1.0 + _per_mesh(depth_tol, z)) >= z)).any(0)
     if normals is not None:
-        visible &= normals[:, 2].detach() < 0
+        visible &= normals[..., 2].detach() < 0
     return visible
 
 
-def point_visibility(screen: Tensor, frags: Fragments, depth_tol: float = 0.005) -> Tensor:
+def point_visibility(screen: Tensor, frags: Fragments, depth_tol: float | Tensor = 0.005) -> Tensor:
     """Which points that are not mesh vertices (e.g. blends of them) are seen: rules 1, 2a and 2c of
     :func:`vertex_visibility` (in the image, and nothing in front of them beyond the tolerance at one of
-    the 2x2 pixel centres around them). screen (N, 3) -> (N,) bool."""
+    the 2x2 pixel centres around them). screen (B, N, 3), depth_tol a float or (B,) -> (B, N) bool."""
     inside, _, zb, z = _depth_neighbourhood(screen, frags)
-    return inside & (zb * (1.0 + depth_tol) >= z).any(0)
+    return inside & (zb * (1.0 + _per_mesh(depth_tol, z)) >= z).any(0)
+
+
+def _per_mesh(value: float | Tensor, like: Tensor) -> float | Tensor:
+    """A float, or a (B,) tensor shaped to broadcast over (B, N) ``like``."""
+    return value[:, None] if isinstance(value, Tensor) else value
 
 
 def _depth_neighbourhood(screen: Tensor, frags: Fragments) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """For points (N, 3): inside the image (N,), the flat indices of the 2x2 pixel centres around each
-    (4N,), the z-buffer there (4, N; +inf where empty) and the points' depths (N,)."""
+    """For points (B, N, 3): inside their image (B, N), the flat indices into the B*H*W pixels of the
+    2x2 pixel centres around each (4, B, N), the z-buffer there (4, B, N; +inf where empty) and the
+    points' depths (B, N)."""
     H, W = frags.height, frags.width
-    x, y, z = screen.detach().t().contiguous()
+    x, y, z = screen.detach().unbind(-1)
     inside = (x >= -0.5) & (x < W - 0.5) & (y >= -0.5) & (y < H - 0.5) & (z > 0)
     # 2x2 neighbourhood: pixel centres floor(x)..floor(x)+1, same for y, clamped to the image.
     cx = x.nan_to_num(-1.0).clamp(-1, W).floor().long()
     cy = y.nan_to_num(-1.0).clamp(-1, H).floor().long()
+    base = torch.arange(screen.shape[0], device=screen.device)[:, None] * (H * W)
     xs = cx.clamp(0, W - 1), (cx + 1).clamp(0, W - 1)
-    ys = cy.clamp(0, H - 1) * W, (cy + 1).clamp(0, H - 1) * W
-    flat = torch.cat([yk + xk for yk in ys for xk in xs])  # (4N,)
-    zb = frags.zbuf.reshape(-1).index_select(0, flat).view(4, -1)  # +inf where empty: rule 2a
+    ys = base + cy.clamp(0, H - 1) * W, base + (cy + 1).clamp(0, H - 1) * W
+    flat = torch.stack([yk + xk for yk in ys for xk in xs])  # (4, B, N)
+    zb = frags.zbuf.reshape(-1)[flat]  # +inf where empty: rule 2a
     return inside, flat, zb, z
 
 
 def vertex_normals(verts: Tensor, faces: Tensor) -> Tensor:
     """Unit area-weighted vertex normals, differentiable.
 
-    verts (V, 3); faces (F, 3) long. Counter-clockwise faces (seen from outside, in a
-    right-handed frame) give outward normals. Returns (V, 3); isolated vertices get zeros.
-    Written on 1-D coordinate rows: about twice as fast (forward and backward) on CPU as the
-    same on (F, 3, 3) tensors.
+    verts (B, V, 3); faces (F, 3) long. Counter-clockwise faces (seen from outside, in a
+    right-handed frame) give outward normals. Returns (B, V, 3); isolated vertices get zeros.
+    Written on coordinate rows (B, V) per coordinate: about twice as fast (forward and backward) on
+    CPU as the same on (B, F, 3, 3) tensors.
     """
     corners = faces.long().t().contiguous()  # (3, F)
-    (x0, x1, x2), (y0, y1, y2), (z0, z1, z2) = ([c.index_select(0, k) for k in corners] for c in verts.t())
+    rows = verts.permute(2, 0, 1)  # (3, B, V)
+    (x0, x1, x2), (y0, y1, y2), (z0, z1, z2) = ([c.index_select(-1, k) for k in corners] for c in rows)
     ax, ay, az, bx, by, bz = x1 - x0, y1 - y0, z1 - z0, x2 - x0, y2 - y0, z2 - z0
     # The cross product's length is twice the area, which is the weighting we want.
     cross = (ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx)
     index = corners.reshape(-1)
-    acc = [verts.new_zeros(verts.shape[0]).index_add(0, index, c.repeat(3)) for c in cross]
-    return torch.nn.functional.normalize(torch.stack(acc, dim=1), dim=-1, eps=1e-12)
+    acc = [verts.new_zeros(verts.shape[:2]).index_add(1, index, c.repeat(1, 3)) for c in cross]
+    return torch.nn.functional.normalize(torch.stack(acc, dim=-1), dim=-1, eps=1e-12)

@@ -53,8 +53,8 @@ def sh_basis(normals: Tensor) -> Tensor:
 def shade(albedo: Tensor, normals: Tensor, gamma: Tensor) -> Tensor:
     """Lambertian SH shading per vertex.
 
-    albedo (V, 3) in [0, 1]; normals (V, 3) unit, camera space; gamma (3, 9) SH coefficients
-    per colour channel. Returns colour (V, 3) = albedo * (sh_basis(normals) @ gamma.T).
+    albedo (B, V, 3) in [0, 1]; normals (B, V, 3) unit, camera space; gamma (B, 3, 9) SH coefficients
+    per colour channel. Returns colour (B, V, 3) = albedo * (sh_basis(normals) @ gamma.T).
     """
     return albedo * (sh_basis(normals) @ gamma.transpose(-1, -2))
 
@@ -62,16 +62,16 @@ def shade(albedo: Tensor, normals: Tensor, gamma: Tensor) -> Tensor:
 def render_image(
     screen: Tensor, faces: Tensor, frags: Fragments, colors: Tensor, background: Tensor | None = None
 ) -> Tensor:
-    """Compose an (H, W, 3) image: interpolated vertex colours where covered, background elsewhere.
+    """Compose (B, H, W, C) images: interpolated vertex colours where covered, background elsewhere.
 
-    screen (V, 3); faces (F, 3) long; frags from :func:`rasterize`; colors (V, 3); background
-    (H, W, 3) or anything broadcasting to it (e.g. (3,)), zeros if None. Differentiable in
+    screen (B, V, 3); faces (F, 3) long; frags from :func:`rasterize`; colors (B, V, C); background
+    (B, H, W, C) or anything broadcasting to it (e.g. (C,)), zeros if None. Differentiable in
     ``screen``, ``colors`` and ``background``.
     """
-    H, W = frags.height, frags.width
+    shape = (screen.shape[0], frags.height, frags.width, colors.shape[-1])
     values, pix = interpolate(screen, faces, frags, colors)
     if background is None:
-        base = values.new_zeros(H * W, values.shape[-1])
+        base = values.new_zeros(shape)
     else:
-        base = background.to(values.dtype).expand(H, W, values.shape[-1]).reshape(H * W, -1)
-    return base.index_copy(0, pix, values).view(H, W, -1)
+        base = background.to(values.dtype).expand(shape)
+    return base.reshape(-1, shape[-1]).index_copy(0, pix, values).view(shape)
