@@ -125,8 +125,8 @@ class TargetBatch:
         ij = xy.detach().round().long()
         inside = (ij >= 0).all(-1) & (ij < self.size).all(-1)
         ij = ij.clamp(0, self.size - 1)
-        batch = torch.arange(len(self), device=xy.device)[:, None]
-        return mask[batch, ij[..., 1], ij[..., 0]] & inside
+        flat = (torch.arange(len(self), device=xy.device)[:, None] * self.size + ij[..., 1]) * self.size + ij[..., 0]
+        return mask.reshape(-1).index_select(0, flat.reshape(-1)).view(flat.shape) & inside
 
     def above_brows(self, xy: Tensor) -> Tensor:
         """(B, N) bool: points (B, N, 2) on the forehead side of their photo's brow line."""

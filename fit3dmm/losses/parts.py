@@ -119,15 +119,17 @@ class PartSetLoss(Loss):
 
     def points(self, frame: Frame) -> Tensor:
         """(B, N, 3) the predicted points in screen space (crop pixels and depth), with autograd."""
+        # index_select, not advanced indexing: its backward is an index_add, several times faster on CPU.
         if self.blend_triangles is None:
-            return frame.screen[:, self.ids]
-        return (frame.screen[:, self.sources] * self.blend[..., None]).sum(2)
+            return frame.screen.index_select(1, self.ids)
+        corners = frame.screen.index_select(1, self.sources.reshape(-1)).view(*frame.screen.shape[:1], *self.sources.shape, 3)
+        return (corners * self.blend[..., None]).sum(2)
 
     def kept(self, frame: Frame, points: Tensor) -> Tensor:
         """(B, N) bool: visible, not on hair/occluders, and (skin) not above the brow line. A vertex's
         visibility is the frame's; a blended point's is tested against the z-buffer."""
         xy = points[..., :2].detach()
-        visible = frame.visible[:, self.ids]
+        visible = frame.visible.index_select(1, self.ids)
         if self.blend_triangles is not None:
             blended = points.detach().index_select(1, self.blended_index)
             seen = point_visibility(blended, frame.frags, BLEND_DEPTH_FACTOR * frame.depth_tol)

@@ -24,9 +24,9 @@ class PhotometricLoss(Loss):
         colors = vertex_colors(self.model, frame.params, frame.normals)
         values, pixel = interpolate(frame.screen, self.model.fit_triangles, frame.frags, colors)
         # Per photo: the mean over its kept pixels (masked, not selected: no host sync).
-        keep = self.valid[pixel].to(values.dtype)
+        keep = self.valid.index_select(0, pixel).to(values.dtype)
         photo = pixel.div(self.target.size**2, rounding_mode="floor")
-        error = (values - self.pixels[pixel]).norm(dim=1) * keep
+        error = (values - self.pixels.index_select(0, pixel)).norm(dim=1) * keep
         total = values.new_zeros(len(self.target)).index_add_(0, photo, error)
         count = values.new_zeros(len(self.target)).index_add_(0, photo, keep)
         return total / count.clamp(min=1)

@@ -39,7 +39,7 @@ def anchor_grid(size: int, per_side: int, device: torch.device | None = None) ->
 
 def vertex_areas(points: Tensor, triangles: Tensor) -> Tensor:
     """(..., V) a third of the summed areas of each vertex's triangles; points (..., V, 2) or (..., V, 3)."""
-    a, b, c = (points[..., triangles[:, k], :] for k in range(3))
+    a, b, c = (points.index_select(-2, triangles[:, k]) for k in range(3))
     if points.shape[-1] == 2:
         u, v = b - a, c - a
         area = 0.5 * (u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]).abs()
@@ -91,7 +91,7 @@ class PRDL(PartSetLoss):
         points (eye openings) stand for the area of their own grid's cells. (The vertices' areas are taken
         on (x, y, depth) screen points, depth in model units: for a face's shallow triangles nearly the
         pixel area; this is the variant measured in the README.)"""
-        area = vertex_areas(frame.screen.detach(), self.model.fit_triangles)[:, self.ids] * self.area_scale
+        area = vertex_areas(frame.screen.detach(), self.model.fit_triangles).index_select(1, self.ids) * self.area_scale
         if self.blend_triangles is not None:
             grid = vertex_areas(points[..., :2].detach(), self.blend_triangles)
             area = torch.where(self.blended, grid, area)

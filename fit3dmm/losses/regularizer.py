@@ -32,4 +32,4 @@ class AlbedoSmoothness(Loss):
         if self.model.has_albedo_basis:
             return frame.screen.new_zeros(frame.screen.shape[0])
         a, edges = frame.params["albedo"], self.model.edges
-        return ((a[:, edges[:, 0]] - a[:, edges[:, 1]]) ** 2).sum(-1).mean(-1)
+        return ((a.index_select(1, edges[:, 0]) - a.index_select(1, edges[:, 1])) ** 2).sum(-1).mean(-1)
