@@ -30,10 +30,12 @@ from .pipeline import Pipeline, resolve_device
 
 STATUSES = ("done", "skipped", "failed")
 SUMMARY = "summary.csv"
-#: Photos fitted at once by default, per device type. CPU (this 2-core machine, `make bench`): 8 gave 1.9x
-#: the photos per second of one by one, 4 gave 1.6x and 16 no more than 8 (README, "Measured"). CUDA: not
-#: measured yet (no GPU in the sessions so far); the batch's tensors are small next to a GPU's memory.
-DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 32}
+#: Photos fitted at once by default, per device type. CPU (this 2-core machine, `make bench`, two runs, 16
+#: photos): against one by one, batches of 4 gave 1.32x the photos per second, 8 gave 1.48x and 1.54x, 16
+#: gave 1.64x and 1.77x, at 0.05 GiB more memory per photo (README, "Measured"); a bigger batch delays the
+#: first results and loses more to an interruption, so 16 it is. CUDA: not measured (no GPU in the sessions
+#: so far); a batch's tensors are small next to a GPU's memory.
+DEFAULT_BATCH_SIZE = {"cpu": 16, "cuda": 32}
 Task = tuple[Path, Path]  # (image, its result folder)
 
 

@@ -45,6 +45,9 @@ def _progress(transient: bool = False) -> Progress:
     )
 
 
+_batch_size_option = click.option(
+    "--batch-size", type=click.IntRange(1, 1024),
+    help="Photos fitted at once (the same fits as one by one, faster per photo). Default: 16 on a CPU, 32 on a GPU.")
 _anchors_option = click.option("--anchors", type=click.IntRange(1, 112), default=ANCHOR_GRID, show_default=True,
                                help="PRDL's anchor grid: N x N anchors over the 224 px crop.")
 
@@ -84,9 +87,7 @@ def main() -> None:
 @click.option("--face", "face_index", default=0, show_default=True, help="Which face, by size (0 = largest).")
 @click.option("--iterations", default=FULL_ITERATIONS, show_default=True, help="Iterations of the final (all-losses) stage.")
 @_anchors_option
-@click.option("--batch-size", type=click.IntRange(1, 1024),
-              help="Photos fitted at once (the same fits as one by one, faster per photo). Default: 8 on a CPU, "
-                   "32 on a GPU (README, \"Measured\").")
+@_batch_size_option
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Fit in N local processes (spawned; each loads the models once; with GPUs, worker i uses GPU i mod count).")
 @click.option("--ray", "ray_address", metavar="ADDRESS",
@@ -274,6 +275,7 @@ def _eval_options(command):
         click.option("--iterations", default=FULL_ITERATIONS, show_default=True,
                      help="Iterations of the final stage (seg-only: the segmentation stage has 60 more)."),
         _anchors_option,
+        _batch_size_option,
         click.option("--overwrite", is_flag=True, help="Start afresh instead of continuing."),
     ]
     for option in reversed(options):
@@ -282,8 +284,9 @@ def _eval_options(command):
 
 
 def _run_evaluation(data, out, specs, mode, segmenter, fmt, protocol, split, skip, limit, model, device, iterations,
-                    anchors, overwrite, subfolders: bool) -> tuple[dict, list[str]]:
+                    anchors, batch_size, overwrite, subfolders: bool) -> tuple[dict, list[str]]:
     """Fit and score DATA with each (loss, weight) spec; returns (run name -> summary, the selected samples)."""
+    from .batch import default_batch_size
     from .config import FitConfig
     from .evaluation import evaluate, find_samples, open_run, parse_run_spec, summarize
     from .files import check_output_dir
@@ -303,12 +306,14 @@ def _run_evaluation(data, out, specs, mode, segmenter, fmt, protocol, split, ski
             open_run(folder, config, data, fmt, overwrite, protocol)
             runs[spec] = (config, folder)
         pipeline = Pipeline(next(iter(runs.values()))[0])
+        batch_size = batch_size or default_batch_size(device)
     except (Fit3dmmError, ValueError, OSError) as e:
         _fail(error_text(e))
     with _progress() as bar:
         task = bar.add_task("fitting", total=len(samples), info="")
         failures = evaluate(pipeline, samples, runs, fmt,
-                            progress=lambda i, n, info: bar.update(task, completed=i, info=info), protocol=protocol)
+                            progress=lambda i, n, info: bar.update(task, completed=i, info=info), protocol=protocol,
+                            batch_size=batch_size)
     for name, failed in failures.items():
         for stem, message in failed:
             console.print(f"[red]failed[/red] {stem} ({name}): {message}")
@@ -324,8 +329,8 @@ def _cell(stats: dict) -> str:
 @_eval_options
 @click.option("--loss", type=click.Choice([*SEGMENTATION_LOSSES, "none"]), default="prdl", show_default=True)
 @click.option("--seg-weight", type=float, help="Weight of the segmentation loss (default: the loss's tuned weight).")
-def eval_cmd(data, out, mode, segmenter, fmt, protocol, split, skip, limit, model, device, iterations, anchors, overwrite,
-             loss, seg_weight) -> None:
+def eval_cmd(data, out, mode, segmenter, fmt, protocol, split, skip, limit, model, device, iterations, anchors,
+             batch_size, overwrite, loss, seg_weight) -> None:
     """Fit every photo of DATA (images/ and masks/ of the same stems) and score Part IoU against the masks
     (and the 68-landmark error where a .pts file sits beside a photo): OUT/metrics.csv, landmarks.csv,
     summary.json, chart.png."""
@@ -335,7 +340,7 @@ def eval_cmd(data, out, mode, segmenter, fmt, protocol, split, skip, limit, mode
 
     spec = loss if seg_weight is None else f"{loss}@{seg_weight:g}"
     summaries, _ = _run_evaluation(data, out, [spec], mode, segmenter, fmt, protocol, split, skip, limit, model, device,
-                                   iterations, anchors, overwrite, subfolders=False)
+                                   iterations, anchors, batch_size, overwrite, subfolders=False)
     summary = summaries[spec]
     labels = {**SCORES, "iou": "parsed render vs parsed photo"} if protocol == "paper" else SCORES
     series = {label: summary[key if key != "iou" else "part_iou"] for key, label in labels.items()}
@@ -361,7 +366,7 @@ def eval_cmd(data, out, mode, segmenter, fmt, protocol, split, skip, limit, mode
 @click.option("--losses", default=",".join(SEGMENTATION_LOSSES), show_default=True,
               help="Comma-separated losses to compare, each optionally with a weight: prdl,iou@0.05,none.")
 def compare(data, out, mode, segmenter, fmt, protocol, split, skip, limit, model, device, iterations, anchors,
-            overwrite, losses) -> None:
+            batch_size, overwrite, losses) -> None:
     """Fit every photo of DATA with each loss and compare their Part IoU: OUT/<loss>/ (as eval),
     OUT/compare.csv, compare.png and grid.png."""
     from .evaluation import grid_rows, paired_differences, write_compare, write_paired
@@ -373,7 +378,7 @@ def compare(data, out, mode, segmenter, fmt, protocol, split, skip, limit, model
     if not specs or len(set(specs)) != len(specs):
         _fail("--losses needs distinct, comma-separated names")
     summaries, selected = _run_evaluation(data, out, specs, mode, segmenter, fmt, protocol, split, skip, limit, model,
-                                          device, iterations, anchors, overwrite, subfolders=True)
+                                          device, iterations, anchors, batch_size, overwrite, subfolders=True)
     write_compare(out, summaries)
     n = min(s["photos"] for s in summaries.values())
     iou_chart(out / "compare.png", {spec: s["part_iou"] for spec, s in summaries.items()}, f"--mode {mode}, {n} photos")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .files import check_file, open_image, reason
+from .files import IMAGE_SUFFIXES, check_file, open_image, reason
 
 #: CelebAMask-HQ label ids -> names (l_ = the subject's left).
 LABEL_NAMES = {
@@ -57,9 +57,11 @@ def read_mask(path: str | Path) -> np.ndarray:
 
 
 def image_mask_pairs(images: str | Path, masks: str | Path) -> list[tuple[Path, Path]]:
-    """(image, mask) pairs matched by file stem, sorted by stem."""
+    """(image, mask) pairs matched by file stem, sorted by stem; other files beside the images (e.g. a
+    landmark .pts) are not images."""
     masks_by_stem = {p.stem: p for p in Path(masks).glob("*.png")}
-    pairs = [(p, masks_by_stem[p.stem]) for p in sorted(Path(images).iterdir()) if p.stem in masks_by_stem]
+    pairs = [(p, masks_by_stem[p.stem]) for p in sorted(Path(images).iterdir())
+             if p.stem in masks_by_stem and p.suffix.lower() in IMAGE_SUFFIXES]
     if not pairs:
         raise InputError(f"no image in {images} has a mask of the same name in {masks}")
     return pairs

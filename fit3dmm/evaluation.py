@@ -148,39 +148,50 @@ Progress = Callable[[int, int, str], None]
 
 
 def evaluate(pipeline, samples: list[Sample], runs: dict[str, tuple[FitConfig, Path]], fmt: str,
-             progress: Progress | None = None, protocol: str = "human") -> dict[str, list[tuple[str, str]]]:
+             progress: Progress | None = None, protocol: str = "human", batch_size: int = 1) -> dict[str, list[tuple[str, str]]]:
     """Fit and score every sample with every run (name -> (config, folder prepared by :func:`open_run`)),
-    skipping what is done. Perception and the target are computed once per photo for all runs. Returns
-    the failures per run: (stem, message); a failure never stops the others."""
+    skipping what is done. Perception and the target are computed once per photo for all runs; each run
+    fits ``batch_size`` photos at a time as one batch (the same fits as one by one). Returns the failures
+    per run: (stem, message); a failure never stops the others."""
     if protocol not in PROTOCOLS:
         raise InputError(f"unknown protocol '{protocol}'; known: {', '.join(PROTOCOLS)}")
     parser = FaceParser.load(device=pipeline.device) if protocol == "paper" else None
     fitters = {name: pipeline.make_fitter(config) for name, (config, _) in runs.items()}
     failures: dict[str, list[tuple[str, str]]] = {name: [] for name in runs}
-    for i, sample in enumerate(samples):
-        pending = [name for name, (_, folder) in runs.items() if not done(folder, sample.stem)]
-        if pending:
+    for start in range(0, len(samples), max(batch_size, 1)):
+        chunk = samples[start : start + max(batch_size, 1)]
+        ready = {}  # stem -> (sample, truth, prepared), for photos some run still needs
+        for sample in chunk:
+            pending = [name for name, (_, folder) in runs.items() if not done(folder, sample.stem)]
+            if not pending:
+                continue
             try:
-                truth = read_truth(sample.mask, fmt)
-                prepared = pipeline.prepare(read_image(sample.image))
+                ready[sample.stem] = (sample, read_truth(sample.mask, fmt), pipeline.prepare(read_image(sample.image)))
             except Fit3dmmError as e:
                 for name in pending:
                     failures[name].append((sample.stem, str(e)))
-                pending = []
-        for name in pending:
-            folder = runs[name][1]
-            if progress is not None:
-                progress(i, len(samples), f"{sample.stem} {name}")
-            try:
-                record, fitted = score_fit(pipeline.fit_prepared(prepared, fitter=fitters[name]), truth, sample.pts, parser)
-            except Fit3dmmError as e:
-                failures[name].append((sample.stem, str(e)))
+        for name, (_, folder) in runs.items():
+            todo = [entry for stem, entry in ready.items() if not done(folder, stem)]
+            if not todo:
                 continue
-            record = {"image": str(sample.image), **record}
-            write_png(folder / "labels" / f"{sample.stem}.png", fitted)
-            write_text(folder / "images" / f"{sample.stem}.json", json.dumps(record))
+            if progress is not None:
+                progress(start, len(samples), f"{', '.join(s.stem for s, _, _ in todo)} {name}")
+            try:
+                outputs = pipeline.fit_batch([prepared for _, _, prepared in todo], fitter=fitters[name])
+            except Fit3dmmError as e:
+                failures[name].extend((sample.stem, str(e)) for sample, _, _ in todo)
+                continue
+            for (sample, truth, _), output in zip(todo, outputs):
+                try:
+                    record, fitted = score_fit(output, truth, sample.pts, parser)
+                except Fit3dmmError as e:
+                    failures[name].append((sample.stem, str(e)))
+                    continue
+                record = {"image": str(sample.image), **record}
+                write_png(folder / "labels" / f"{sample.stem}.png", fitted)
+                write_text(folder / "images" / f"{sample.stem}.json", json.dumps(record))
         if progress is not None:
-            progress(i + 1, len(samples), sample.stem)
+            progress(start + len(chunk), len(samples), chunk[-1].stem)
     return failures
 
 

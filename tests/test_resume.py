@@ -79,12 +79,12 @@ def test_killed_batch_resumes_fitting_each_photo_once(inputs, tmp_path):
 
 def test_ctrl_c_stops_cleanly_keeping_finished_results(inputs, tmp_path):
     out = tmp_path / "out"
-    process = subprocess.Popen([*FIT, str(inputs), "-o", str(out), *QUICK], stdout=subprocess.PIPE,
+    process = subprocess.Popen([*FIT, str(inputs), "-o", str(out), *QUICK, "--batch-size", "4"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     deadline = time.monotonic() + 300
     while not _results(out) and time.monotonic() < deadline:
         time.sleep(0.2)
-    time.sleep(1.0)  # into the next photo's fit
+    time.sleep(1.0)  # into the next batch's fit
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
