@@ -40,3 +40,14 @@ def test_fit_on_cuda_matches_cpu(ict_model, shared_dir):
     labels = {d: fitted_labels(o) for d, o in outs.items()}
     agreement = np.nanmean(list(part_iou(labels["cuda"], labels["cpu"], IOU_PARTS).values()))
     assert agreement > 0.9
+
+
+def test_batch_on_cuda_matches_one_by_one(ict_model, shared_dir):
+    pipeline = Pipeline(FitConfig(device="cuda"), copy.deepcopy(ict_model))
+    photos = sorted((shared_dir / "data" / "photos").iterdir())[:3]
+    prepared = [pipeline.prepare(read_image(p)) for p in photos]
+    alone = [pipeline.fit_prepared(p) for p in prepared]
+    together = pipeline.fit_batch(prepared)
+    for a, b in zip(alone, together):
+        assert b.result.vertices.device.type == "cuda"
+        assert (a.result.landmarks68 - b.result.landmarks68).norm(dim=-1).max().item() < 0.5  # crop pixels

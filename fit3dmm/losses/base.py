@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -34,6 +35,15 @@ class Frame:
     frags: "Fragments | None" = None
     visible: Tensor | None = None
     depth_tol: "Tensor | float" = 0.005  # relative depth tolerance of the visibility test (render.vertex_visibility)
+
+
+def gather_vertices(values: Tensor, index: Tensor) -> Tensor:
+    """values (B, V, C) at vertex ids index (...) -> (B, ..., C), differentiable. Done as one dim-0
+    index_select over the B*V rows: its backward, an index_add along dim 0, measured 4x faster on CPU than
+    index_select's along dim 1 (and 2x advanced indexing's sorting index_put)."""
+    B, V, C = values.shape
+    flat = (torch.arange(B, device=values.device)[:, None] * V + index.reshape(1, -1)).reshape(-1)
+    return values.reshape(B * V, C).index_select(0, flat).view(B, *index.shape, C)
 
 
 class Loss(ABC):

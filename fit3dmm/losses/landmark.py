@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Frame, Loss, register
+from .base import Frame, Loss, gather_vertices, register
 
 
 @register
@@ -34,7 +34,7 @@ class LandmarkLoss(Loss):
     def fitted_points(self, frame: Frame) -> Tensor:
         """(B, 68, 2) fitted landmark positions in crop pixels, jaw marched."""
         xy = frame.screen[..., :2]
-        lm = xy.index_select(1, self.model.landmarks68)  # index_select: its backward is a cheap index_add
+        lm = gather_vertices(xy, self.model.landmarks68)
         with torch.no_grad():
             direction = (self.outward @ frame.rotation.transpose(-1, -2).detach())[..., :2]  # (B, 17, 2) in the image
             score = (xy[:, self.candidates] * direction[:, :, None, :]).sum(-1)  # (B, 17, C)

@@ -17,7 +17,7 @@ from torch import Tensor
 from ..models.facemodel import PART_NAMES, SKIN_POINTS
 from ..render import point_visibility
 from ..sampling import farthest_point_sampling
-from .base import Frame, Loss
+from .base import Frame, Loss, gather_vertices
 
 #: Default per-part weights: 1, but 0.2 for the skin. The paper weighs parts equally; with PRDL the large
 #: skin set's term then outweighs the small parts' (the Part IoU benchmark scores those). On the tuning
@@ -119,11 +119,9 @@ class PartSetLoss(Loss):
 
     def points(self, frame: Frame) -> Tensor:
         """(B, N, 3) the predicted points in screen space (crop pixels and depth), with autograd."""
-        # index_select, not advanced indexing: its backward is an index_add, several times faster on CPU.
         if self.blend_triangles is None:
-            return frame.screen.index_select(1, self.ids)
-        corners = frame.screen.index_select(1, self.sources.reshape(-1)).view(*frame.screen.shape[:1], *self.sources.shape, 3)
-        return (corners * self.blend[..., None]).sum(2)
+            return gather_vertices(frame.screen, self.ids)
+        return (gather_vertices(frame.screen, self.sources) * self.blend[..., None]).sum(2)
 
     def kept(self, frame: Frame, points: Tensor) -> Tensor:
         """(B, N) bool: visible, not on hair/occluders, and (skin) not above the brow line. A vertex's

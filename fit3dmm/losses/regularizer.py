@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Frame, Loss, register
+from .base import Frame, Loss, gather_vertices, register
 
 # Relative weights of the coefficient groups, as in Deep3DFaceRecon/3DDFA-V3 (identity 1, expression 0.8,
 # albedo 1.7e-2); the stage weight (the paper's λreg) scales them together.
@@ -32,4 +32,4 @@ class AlbedoSmoothness(Loss):
         if self.model.has_albedo_basis:
             return frame.screen.new_zeros(frame.screen.shape[0])
         a, edges = frame.params["albedo"], self.model.edges
-        return ((a.index_select(1, edges[:, 0]) - a.index_select(1, edges[:, 1])) ** 2).sum(-1).mean(-1)
+        return ((gather_vertices(a, edges[:, 0]) - gather_vertices(a, edges[:, 1])) ** 2).sum(-1).mean(-1)
