@@ -94,9 +94,12 @@ def main() -> None:
               help="Fit on Ray actors: 'local' starts a local Ray, 'auto' or ray://HOST:PORT joins a cluster (OUT must "
                    "be storage every node sees). Actors: --workers if given, else one per GPU, else one per CPU. "
                    "Needs pip install 'fit3dmm[ray]'.")
+@click.option("--same-person", is_flag=True,
+              help="The photos show one person: fit them together, with one identity and each its own expression, "
+                   "pose and lighting.")
 @click.option("--overwrite", is_flag=True, help="Refit photos whose result folder exists (default: skip them).")
 def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_index, iterations, anchors, batch_size,
-        workers, ray_address, overwrite) -> None:
+        workers, ray_address, same_person, overwrite) -> None:
     """Fit each INPUT (an image, or a folder of images) and write OUT/<stem>/. Photos whose result is
     already in OUT are skipped, so an interrupted run continues where it stopped."""
     from .batch import FitJob, default_batch_size
@@ -109,10 +112,19 @@ def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_inde
     images = collect_images(list(inputs))
     if not images:
         _fail("no images found in the inputs")
+    if same_person and (workers > 1 or ray_address or batch_size):
+        _fail("--same-person fits all photos as one batch: it does not combine with --workers, --ray or --batch-size")
     try:
         check_output_dir(out)
         config = FitConfig.create(loss=loss, iterations=iterations, seg_weight=seg_weight, mode=mode, model=model,
-                                  segmenter=segmenter, device=device, face_index=face_index, anchor_grid=anchors)
+                                  segmenter=segmenter, device=device, face_index=face_index, anchor_grid=anchors,
+                                  same_person=same_person)
+        if same_person:
+            batch_size = len(images)
+            finished = sum(_holds(out / image.stem, config) for image in images)
+            if not overwrite and 0 < finished < len(images):  # one identity needs the whole set
+                console.print(f"{finished} of {len(images)} photos hold a --same-person fit: fitting all together again")
+                overwrite = True
         job = FitJob(config, overwrite)
         batch_size = batch_size or default_batch_size(config.device)
         if workers > 1 or ray_address:  # the workers load the models; check here what can be wrong with them, once
@@ -147,6 +159,16 @@ def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_inde
 
     _batch("fit", images, out, overwrite, process, lambda folder: holds_fit(folder, config),
            job if workers > 1 or ray_address else None, workers, ray_address, process_batch, batch_size)
+
+
+def _holds(folder: Path, config) -> bool:
+    """Whether ``folder`` holds a finished fit of ``config`` (False for anything else)."""
+    from .outputs import holds_fit
+
+    try:
+        return folder.is_dir() and holds_fit(folder, config)
+    except Fit3dmmError:
+        return False
 
 
 class _InProcess:

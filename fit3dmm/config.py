@@ -98,6 +98,7 @@ class FitConfig:
     focal_ratio: float = 4.53  # focal length / crop side (≈12.6° field of view, as Deep3DFaceRecon's)
     face_index: int = 0  # which detected face, by size (0 = largest)
     anchor_grid: int = ANCHOR_GRID  # PRDL's anchors per side of the crop
+    same_person: bool = False  # the photos fitted together share one identity (id coefficients)
     stages: tuple[Stage, ...] = field(default_factory=default_stages)
 
     @classmethod

@@ -77,11 +77,19 @@ class Fitter:
         lm = model.mean[model.landmarks68]
         self.depth_tol = DEPTH_TOL * (lm[36] - lm[45]).norm().item()
 
+    @property
+    def shared(self) -> frozenset[str]:
+        """Parameter groups one for the whole batch, (1, ...) instead of (B, ...): with
+        ``config.same_person``, the identity. Broadcasting does the rest (the model adds a (1, V, 3)
+        identity offset to (B, V, 3) expressions; its gradient sums over the photos)."""
+        return frozenset({"id"}) if self.config.same_person else frozenset()
+
     def init_params(self, targets: TargetBatch) -> dict[str, Tensor]:
         """Per photo, a frontal pose placed and scaled so the model's eye corners and landmark centroid
-        match; each tensor (B, ...)."""
+        match; each tensor (B, ...), or (1, ...) for a shared group."""
         photos = [self._init_one(t) for t in targets.targets]
-        return {name: torch.stack([p[name] for p in photos]) for name in photos[0]}
+        return {name: torch.stack([p[name] for p in (photos[:1] if name in self.shared else photos)])
+                for name in photos[0]}
 
     def _init_one(self, target: FitTarget) -> dict[str, Tensor]:
         m, dev = self.model, self.model.mean.device
@@ -188,7 +196,7 @@ class Fitter:
         values = {stage: {k: v.tolist() for k, v in terms.items()} for stage, terms in stage_losses.items()}
         return [
             FitResult(
-                params={k: v[b] for k, v in params.items()}, vertices=final.vertices[b], screen=final.screen[b],
+                params={k: v[0 if k in self.shared else b] for k, v in params.items()}, vertices=final.vertices[b], screen=final.screen[b],
                 rotation=final.rotation[b], visible=final.visible[b], landmarks68=lm[b],
                 stage_losses={stage: {k: v[b] for k, v in terms.items()} for stage, terms in values.items()},
                 timings=dict(timings),

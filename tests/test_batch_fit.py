@@ -67,3 +67,46 @@ def test_fit_batch_size_fails_a_bad_photo_alone(shared_dir, tmp_path):
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert "broken.jpg" in run.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(["summary.csv", *(p.stem for p in photos.iterdir() if p.stem != "broken")])
+
+
+def _frames(video: Path, folder: Path, count: int = 3) -> Path:
+    """``count`` frames spread over a real face video, as PNG photos of one person."""
+    import cv2
+
+    folder.mkdir()
+    capture = cv2.VideoCapture(str(video))
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    for k in range(count):
+        capture.set(cv2.CAP_PROP_POS_FRAMES, k * (total - 1) // max(count - 1, 1))
+        ok, frame = capture.read()
+        assert ok
+        cv2.imwrite(str(folder / f"frame{k}.png"), frame)
+    return folder
+
+
+def test_same_person_fits_one_identity(shared_dir, tmp_path):
+    import json
+
+    photos = _frames(shared_dir / "data" / "videos" / "d3.mp4", tmp_path / "frames")
+    fit = [str(Path(sys.executable).parent / "fit3dmm"), "fit", str(photos)]
+    runs = {}
+    for name, extra in (("together", ["--same-person"]), ("apart", [])):
+        out = tmp_path / name
+        run = subprocess.run([*fit, "-o", str(out), "--iterations", "5", *extra], capture_output=True, text=True,
+                             timeout=600)
+        assert run.returncode == 0, run.stderr
+        runs[name] = {p.stem: json.loads((out / p.stem / "params.json").read_text()) for p in sorted(photos.iterdir())}
+    ids = [r["coefficients"]["id"] for r in runs["together"].values()]
+    assert all(i == ids[0] for i in ids) and any(abs(v) > 1e-3 for v in ids[0])  # one identity, and fitted
+    exps = [r["coefficients"]["exp"] for r in runs["together"].values()]
+    assert exps[0] != exps[1] != exps[2]  # each photo its own expression
+    assert all(r["config"]["same_person"] for r in runs["together"].values())
+    apart = [r["coefficients"]["id"] for r in runs["apart"].values()]
+    assert apart[0] != apart[1]  # fitted one by one, the identities differ
+    # A rerun skips the finished set; --same-person with --workers is refused in one line.
+    again = subprocess.run([*fit, "-o", str(tmp_path / "together"), "--iterations", "5", "--same-person"],
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "3 skipped" in again.stderr + again.stdout
+    refused = subprocess.run([*fit, "-o", str(tmp_path / "x"), "--same-person", "--workers", "2"], capture_output=True,
+                             text=True, timeout=600)
+    assert refused.returncode == 1 and refused.stderr.count("error:") == 1 and "Traceback" not in refused.stderr
