@@ -14,6 +14,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see cli.py; before torch 
 
 import argparse  # noqa: E402
 import csv  # noqa: E402
+import importlib.util  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import statistics  # noqa: E402
@@ -92,6 +93,9 @@ def throughput(photos: list[Path], console: Console) -> None:
             (folder / photo.name).symlink_to(photo.resolve())
         base = None
         for k, (how, options, in_flight) in enumerate(THROUGHPUT):
+            if "--ray" in options and importlib.util.find_spec("ray") is None:
+                table.add_row(how, "", "", "", "", "", "skipped: pip install 'fit3dmm[ray]'")
+                continue
             out = Path(tmp) / f"out{k}"
             peaks: dict[int, int] = {}
             t0 = time.perf_counter()
@@ -103,6 +107,9 @@ def throughput(photos: list[Path], console: Console) -> None:
             seconds = time.perf_counter() - t0
             rate = len(photos) / seconds
             base = base or rate
+            if not (out / "summary.csv").is_file():
+                table.add_row(how, "", "", "", "", "", f"the run failed (exit status {proc.returncode})")
+                continue
             with open(out / "summary.csv") as f:
                 failed = sum(row["status"] != "done" for row in csv.DictReader(f))
             peak = sum(peaks.values()) / 2**30
