@@ -99,7 +99,12 @@ class FitJob:
         if not prepared:
             return
         t0 = time.perf_counter()
-        outputs = pipeline.fit_batch([p for _, p, _ in prepared], progress)
+        try:
+            outputs = pipeline.fit_batch([p for _, p, _ in prepared], progress)
+        except (Fit3dmmError, OSError) as e:  # nothing photo-specific is known to raise here, but never stop
+            for i, _, seconds in prepared:
+                yield i, seconds, error_text(e)
+            return
         share = (time.perf_counter() - t0) / len(prepared)
         for (i, _, seconds), output in zip(prepared, outputs):
             image, folder = tasks[i]
