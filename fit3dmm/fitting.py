@@ -29,7 +29,7 @@ DEPTH_TOL = 0.005
 @dataclass(frozen=True)
 class Progress:
     """Reported after each iteration: stage name, its index and count, iteration within it, the
-    stage's iteration count and the current weighted loss values."""
+    stage's iteration count and the current weighted loss values (each the mean over the batch)."""
 
     stage: str
     stage_index: int
