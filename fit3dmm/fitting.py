@@ -65,8 +65,8 @@ class Fitter:
 
     Every tensor of the loop carries a leading batch dimension B, and every loss gives one value per
     photo that depends on that photo's coefficients only; Adam's update is elementwise, so each photo's fit
-    is the one it would get alone (up to float rounding), and nothing reads back to the host per
-    iteration unless progress is reported.
+    is the one it would get alone (up to float rounding). Loss values are read back only when progress is
+    reported; the rasterizer still sizes its candidate lists from the data (README, "How a fit works").
     """
 
     def __init__(self, model: FaceModel, config: FitConfig):
@@ -196,8 +196,9 @@ class Fitter:
         values = {stage: {k: v.tolist() for k, v in terms.items()} for stage, terms in stage_losses.items()}
         return [
             FitResult(
-                params={k: v[0 if k in self.shared else b] for k, v in params.items()}, vertices=final.vertices[b], screen=final.screen[b],
-                rotation=final.rotation[b], visible=final.visible[b], landmarks68=lm[b],
+                params={k: v[0 if k in self.shared else b] for k, v in params.items()},
+                vertices=final.vertices[b], screen=final.screen[b], rotation=final.rotation[b],
+                visible=final.visible[b], landmarks68=lm[b],
                 stage_losses={stage: {k: v[b] for k, v in terms.items()} for stage, terms in values.items()},
                 timings=dict(timings),
             )
