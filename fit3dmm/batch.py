@@ -235,7 +235,7 @@ def _run_workers(process, groups: list[list[tuple[int, Path, Path]]], workers: i
                         for k in running.pop(index, []):
                             left -= 1
                             yield k, 0.0, f"the worker process died (exit status {proc.exitcode})"
-                        if left > sum(map(len, running.values())) and len(pool) < workers:
+                        if left > sum(map(len, running.values())):  # groups still queued
                             start()
                 continue
             if kind == "start":
@@ -269,13 +269,13 @@ def _worker(process, index: int, threads: int, tasks_q, results_q) -> None:
     process = _in_worker(process, index, threads)
     while True:
         try:
-            task = tasks_q.get(timeout=1.0)
+            group = tasks_q.get(timeout=1.0)
         except queue.Empty:
-            return  # every task handed out
-        if task is None:
+            return  # every group handed out
+        if group is None:
             return
-        results_q.put(("start", index, [k for k, _, _ in task]))
-        for outcome in _run_group(process, task):
+        results_q.put(("start", index, [k for k, _, _ in group]))
+        for outcome in _run_group(process, group):
             results_q.put(("done", index, *outcome))
 
 

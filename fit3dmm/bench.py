@@ -105,11 +105,11 @@ def throughput(photos: list[Path], console: Console) -> None:
                 _tree_peak_rss(proc.pid, peaks)
                 time.sleep(0.2)
             seconds = time.perf_counter() - t0
-            rate = len(photos) / seconds
-            base = base or rate
             if not (out / "summary.csv").is_file():
                 table.add_row(how, "", "", "", "", "", f"the run failed (exit status {proc.returncode})")
                 continue
+            rate = len(photos) / seconds
+            base = base or rate
             with open(out / "summary.csv") as f:
                 failed = sum(row["status"] != "done" for row in csv.DictReader(f))
             peak = sum(peaks.values()) / 2**30

@@ -66,7 +66,7 @@ def render_photo(output: FitOutput) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         tri[y0:y1, x0:x1] = frags.tri_id[0].cpu().numpy()
         bary[y0:y1, x0:x1] = frags.bary[0].cpu().numpy()
     res = output.result
-    cam = (res.vertices @ res.rotation.T + res.params["translation"]).detach()
+    cam = output.camera.to_camera(res.vertices, res.params["angles"], res.params["translation"]).detach()
     normals = vertex_normals(cam[None], model.triangles)[0].cpu().numpy()
     return tri, bary, normals
 

@@ -158,6 +158,13 @@ def _stacked(screen: Tensor, height: int) -> Tensor:
     return (screen + shift).reshape(-1, 3)
 
 
+def _stacked_faces(faces: Tensor, n_meshes: int, n_vertices: int) -> Tensor:
+    """faces (F, 3) of each of ``n_meshes`` meshes of ``n_vertices`` -> (3, n_meshes*F) contiguous corner
+    rows: vertex ids into the meshes' stacked (n_meshes*n_vertices) vertices."""
+    offsets = torch.arange(n_meshes, device=faces.device) * n_vertices
+    return (faces.long().t()[:, None, :] + offsets[:, None]).reshape(3, -1)
+
+
 def _segment_ids(ends: Tensor, total: int) -> Tensor:
     """Segment index of each position 0..total-1, for segments of positive lengths ending at ends (n,)."""
     marks = torch.zeros(total, dtype=torch.long, device=ends.device)
@@ -191,8 +198,7 @@ def rasterize(screen: Tensor, faces: Tensor, height: int, width: int) -> Fragmen
         raise ValueError("rasterize: too many triangles in one batch (face ids are 32-bit)")
     with torch.no_grad():
         stack = _stacked(screen.detach(), height)
-        offsets = torch.arange(B, device=screen.device) * screen.shape[1]
-        corners = (faces.long().t()[:, None, :] + offsets[:, None]).reshape(3, -1)  # (3, B*F) into the stack
+        corners = _stacked_faces(faces, B, screen.shape[1])
         top = (torch.arange(B, device=screen.device, dtype=screen.dtype) * height).repeat_interleave(n_faces)
         tri_id, zbuf, bary = _rasterize(stack.t().contiguous(), corners, top, height, width, B)
         local = torch.where(tri_id >= 0, tri_id.remainder(max(n_faces, 1)), tri_id)  # face id within its mesh
@@ -370,7 +376,7 @@ def vertex_visibility(
     own = torch.zeros_like(zb, dtype=torch.bool)
     for corner in faces.long().t().contiguous():
         own |= corner.index_select(0, t.reshape(-1)).view(t.shape) == vid
-    visible = inside & (own | (zb * (1.0 + _per_mesh(depth_tol, z)) >= z)).any(0)
+    visible = inside & (own | (zb * (1.0 + _per_mesh(depth_tol)) >= z)).any(0)
     if normals is not None:
         visible &= normals[..., 2].detach() < 0
     return visible
@@ -381,11 +387,11 @@ def point_visibility(screen: Tensor, frags: Fragments, depth_tol: float | Tensor
     :func:`vertex_visibility` (in the image, and nothing in front of them beyond the tolerance at one of
     the 2x2 pixel centres around them). screen (B, N, 3), depth_tol a float or (B,) -> (B, N) bool."""
     inside, _, zb, z = _depth_neighbourhood(screen, frags)
-    return inside & (zb * (1.0 + _per_mesh(depth_tol, z)) >= z).any(0)
+    return inside & (zb * (1.0 + _per_mesh(depth_tol)) >= z).any(0)
 
 
-def _per_mesh(value: float | Tensor, like: Tensor) -> float | Tensor:
-    """A float, or a (B,) tensor shaped to broadcast over (B, N) ``like``."""
+def _per_mesh(value: float | Tensor) -> float | Tensor:
+    """A float, or a (B,) tensor shaped to broadcast over (B, N)."""
     return value[:, None] if isinstance(value, Tensor) else value
 
 
@@ -416,8 +422,7 @@ def vertex_normals(verts: Tensor, faces: Tensor) -> Tensor:
     backward) on CPU as the same on (B, F, 3, 3) tensors.
     """
     B, V, _ = verts.shape
-    offsets = torch.arange(B, device=verts.device) * V
-    corners = (faces.long().t()[:, None, :] + offsets[:, None]).reshape(3, -1)  # (3, B*F)
+    corners = _stacked_faces(faces, B, V)
     rows = verts.reshape(B * V, 3).t()
     (x0, x1, x2), (y0, y1, y2), (z0, z1, z2) = ([c.index_select(0, k) for k in corners] for c in rows)
     ax, ay, az, bx, by, bz = x1 - x0, y1 - y0, z1 - z0, x2 - x0, y2 - y0, z2 - z0
