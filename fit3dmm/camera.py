@@ -29,6 +29,39 @@ def rotation_matrix(angles: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
+class View:
+    """Per-photo pinholes of a batch of crops, in crop pixels: focal (B, 1, 1), center (B, 1, 2). A video's
+    frames are crops of one camera (:class:`VideoCamera`), each with its own scale and offset, so each crop
+    sees that camera with its own focal length and principal point; poses are then in one camera frame for
+    the whole video and can be compared (smoothed) from frame to frame."""
+
+    focal: Tensor
+    center: Tensor
+
+
+@dataclass(frozen=True)
+class VideoCamera:
+    """A video's pinhole in frame pixels (pixel centres at integers): focal length and principal point."""
+
+    focal: float
+    center: tuple[float, float]
+
+    @classmethod
+    def for_frames(cls, width: int, height: int, crop_scale: float, crop_size: int, focal_ratio: float) -> "VideoCamera":
+        """The camera whose crops at ``crop_scale`` (crop pixels per frame pixel) have the fit's usual focal
+        length (``focal_ratio`` crop sides), centred on the frame."""
+        return cls(focal=focal_ratio * crop_size / crop_scale, center=((width - 1) / 2.0, (height - 1) / 2.0))
+
+    def in_crop(self, scale: float, offset: tuple[float, float]) -> tuple[float, float, float]:
+        """(focal, cx, cy) in the pixels of a crop = scale * frame + offset."""
+        return (self.focal * scale, self.center[0] * scale + offset[0], self.center[1] * scale + offset[1])
+
+    def project(self, cam_points: Tensor) -> Tensor:
+        """(..., V, 3) camera frame -> (..., V, 2) frame pixels."""
+        return self.focal * cam_points[..., :2] / cam_points[..., 2:3] + cam_points.new_tensor(self.center)
+
+
+@dataclass(frozen=True)
 class Camera:
     """Pinhole camera of a square fitting crop: focal length and principal point in crop pixels."""
 
@@ -48,11 +81,13 @@ class Camera:
         flip = vertices.new_tensor(MODEL_TO_CAMERA)
         return (vertices * flip) @ rotation_matrix(angles).transpose(-1, -2) + translation.unsqueeze(-2)
 
-    def project(self, cam_points: Tensor) -> Tensor:
-        """(..., V, 3) camera frame -> (..., V, 3) screen: x, y in crop pixels, z the camera depth."""
+    def project(self, cam_points: Tensor, view: "View | None" = None) -> Tensor:
+        """(..., V, 3) camera frame -> (..., V, 3) screen: x, y in crop pixels, z the camera depth; with the
+        crops' own pinholes if ``view`` is given (video frames), else this crop camera's."""
         z = cam_points[..., 2:3]
-        xy = self.focal * cam_points[..., :2] / z + self.center
-        return torch.cat([xy, z], dim=-1)
+        if view is None:
+            return torch.cat([self.focal * cam_points[..., :2] / z + self.center, z], dim=-1)
+        return torch.cat([view.focal * cam_points[..., :2] / z + view.center, z], dim=-1)
 
     def depth_for_width(self, width_model: float, width_pixels: float) -> float:
         """Distance at which a model length spans the given number of pixels (rigid initialization)."""

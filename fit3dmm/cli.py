@@ -433,6 +433,68 @@ def compare(data, out, mode, segmenter, fmt, protocol, split, skip, limit, model
         sys.exit(1)
 
 
+@main.command()
+@click.argument("videos", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output folder; one subfolder per video.")
+@click.option("--loss", type=click.Choice([*SEGMENTATION_LOSSES, "none"]), default="prdl", show_default=True,
+              help="Segmentation loss of the identity fit and of every frame's fit.")
+@click.option("--model", default="ict", show_default=True,
+              help="Installed model name, or a path to a model .npz, BFM_model_front.mat or face_model.npy.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--face", "face_index", default=0, show_default=True, help="Which face to follow, by size (0 = largest).")
+@click.option("--keyframes", type=click.IntRange(1, 256), default=8, show_default=True,
+              help="Frames spread over the video that the identity is fitted on.")
+@click.option("--window", type=click.IntRange(1, 256), default=8, show_default=True,
+              help="Consecutive frames fitted at once (a batch).")
+@click.option("--frames", "limit", type=click.IntRange(1), help="Track only the first N frames.")
+@click.option("--fps", type=click.FloatRange(min=0.001), help="Frame rate of a folder of frames (default 25).")
+@click.option("--overwrite", is_flag=True, help="Track videos whose result folder exists again (default: skip them).")
+def track(videos, out, loss, model, device, face_index, keyframes, window, limit, fps, overwrite) -> None:
+    """Track the face in each VIDEO (mp4, mov, avi, webm, mkv, or a folder of frames in name order): one identity,
+    per-frame expression, pose and lighting, smooth in time. Writes OUT/<stem>/ (README, "Video"): blendshapes.csv,
+    landmarks.npz, params.npz, overlay.mp4, animation.glb, mesh.obj, track.json."""
+    from .config import FitConfig, TrackConfig, track_stages
+    from .files import check_output_dir
+    from .pipeline import Pipeline
+    from .track_outputs import holds_track, write_track
+    from .tracking import Tracker
+    from .video import VideoReader
+
+    try:
+        check_output_dir(out)
+        config = TrackConfig(fit=FitConfig.create(loss=loss, model=model, device=device, face_index=face_index),
+                             keyframes=keyframes, window=window, stages=track_stages(loss))
+        tracker = Tracker(Pipeline(config.fit), config)
+    except (Fit3dmmError, ValueError) as e:
+        _fail(error_text(e))
+    failed = 0
+    for path in videos:
+        folder = out / path.stem
+        if folder.exists() and not overwrite:
+            if holds_track(folder):
+                console.print(f"skipped {path}: {folder} holds its result (--overwrite redoes it)")
+                continue
+            console.print(f"[red]failed[/red] {path}: {folder} exists but holds no fit3dmm track (--overwrite replaces it)")
+            failed += 1
+            continue
+        try:
+            with _progress(transient=True) as bar:
+                task = bar.add_task(path.name, total=None, info="")
+
+                def on_progress(phase, done, total):
+                    bar.update(task, description=f"{path.name}: {phase}", completed=done, total=total)
+
+                reader = VideoReader(path, fps=fps, limit=limit)
+                followed = tracker.follow(reader, on_progress)
+                result = write_track(tracker, reader, followed, folder, overwrite, on_progress)
+            console.print(f"[green]{folder}[/green]: {len(result.valid)} frames, {int(result.valid.sum())} with a face")
+        except (Fit3dmmError, OSError) as e:
+            console.print(f"[red]failed[/red] {path}: {error_text(e)}")
+            failed += 1
+    if failed:
+        sys.exit(1)
+
+
 @main.group()
 def model() -> None:
     """Install (ICT-FaceKit, Basel Face Model), list, annotate and show face models."""

@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .camera import MODEL_TO_CAMERA, Camera, rotation_matrix
+from .camera import MODEL_TO_CAMERA, Camera, View, rotation_matrix
 from .config import FitConfig, Stage
 from .losses import Frame, make_loss
 from .models.facemodel import FaceModel
@@ -69,9 +69,10 @@ class Fitter:
     reported; the rasterizer still sizes its candidate lists from the data (README, "How a fit works").
     """
 
-    def __init__(self, model: FaceModel, config: FitConfig):
+    def __init__(self, model: FaceModel, config: FitConfig, shared: frozenset[str] | None = None):
         self.model = model
         self.config = config
+        self._shared = shared
         self.camera = Camera.for_crop(config.crop_size, config.focal_ratio)
         self.flip = model.mean.new_tensor(MODEL_TO_CAMERA)
         lm = model.mean[model.landmarks68]
@@ -79,10 +80,20 @@ class Fitter:
 
     @property
     def shared(self) -> frozenset[str]:
-        """Parameter groups one for the whole batch, (1, ...) instead of (B, ...): with
-        ``config.same_person``, the identity. Broadcasting does the rest (the model adds a (1, V, 3)
-        identity offset to (B, V, 3) expressions; its gradient sums over the photos)."""
+        """Parameter groups one for the whole batch, (1, ...) instead of (B, ...): those given to the
+        constructor, else with ``config.same_person`` the identity. Broadcasting does the rest (the model adds
+        a (1, V, 3) identity offset to (B, V, 3) expressions; its gradient sums over the photos)."""
+        if self._shared is not None:
+            return self._shared
         return frozenset({"id"}) if self.config.same_person else frozenset()
+
+    def view(self, targets: TargetBatch) -> View | None:
+        """The crops' own pinholes if the targets carry them (video frames), else None (the crop camera)."""
+        if all(t.view is None for t in targets.targets):
+            return None
+        own = (self.camera.focal, self.camera.center, self.camera.center)
+        v = targets.image.new_tensor([t.view or own for t in targets.targets])  # (B, 3)
+        return View(focal=v[:, None, :1], center=v[:, None, 1:])
 
     def init_params(self, targets: TargetBatch) -> dict[str, Tensor]:
         """Per photo, a frontal pose placed and scaled so the model's eye corners and landmark centroid
@@ -97,10 +108,11 @@ class Fitter:
         lm_target = target.landmarks68
         eye_model = (lm_model[36] - lm_model[45]).norm().item()
         eye_px = (lm_target[36] - lm_target[45]).norm().item()
-        tz = self.camera.depth_for_width(eye_model, eye_px)
+        focal, cx, cy = target.view or (self.camera.focal, self.camera.center, self.camera.center)
+        tz = focal * eye_model / max(eye_px, 1e-6)
         centroid_px = lm_target.mean(0)
         centroid_model = (lm_model.mean(0) * self.flip)[:2]
-        txy = (centroid_px - self.camera.center) * tz / self.camera.focal - centroid_model
+        txy = (centroid_px - centroid_px.new_tensor([cx, cy])) * tz / focal - centroid_model
         face = target.face_mask & ~target.occluded
         mean_colour = target.image[face].mean(0) if face.any() else target.image.reshape(-1, 3).mean(0)
         params = {
@@ -119,13 +131,14 @@ class Fitter:
             params["albedo"] = (mean_colour / ambient).clamp(0, 1).expand(m.n_vertices, 3).clone()
         return params
 
-    def frame(self, params: dict[str, Tensor], raster: bool, vertices: Tensor | None = None) -> Frame:
+    def frame(self, params: dict[str, Tensor], raster: bool, vertices: Tensor | None = None,
+              view: View | None = None) -> Frame:
         """One iteration's geometry for the batch; ``vertices`` (B, V, 3) skips the model when its
-        coefficients are fixed."""
+        coefficients are fixed; ``view``: the crops' own pinholes (:meth:`view`), if any."""
         verts = self.model(params["id"], params["exp"]) if vertices is None else vertices
         rotation = rotation_matrix(params["angles"]) * self.flip  # scales columns: R @ diag(flip)
         cam = verts @ rotation.transpose(-1, -2) + params["translation"][:, None]
-        screen = self.camera.project(cam)
+        screen = self.camera.project(cam, view)
         frame = Frame(vertices=verts, screen=screen, rotation=rotation, params=params)
         if raster:
             tris = self.model.fit_triangles
@@ -144,7 +157,8 @@ class Fitter:
             if not self.model.has_albedo_basis:
                 params["albedo"].clamp_(0, 1)
 
-    def run_stage(self, stage: Stage, params: dict[str, Tensor], losses: dict, report=None) -> dict[str, Tensor]:
+    def run_stage(self, stage: Stage, params: dict[str, Tensor], losses: dict, report=None,
+                  view: View | None = None) -> dict[str, Tensor]:
         """Run one stage in place on the batch's ``params``; returns its final weighted loss values, (B,)
         each. ``report(it, values)`` is called every iteration if given, with each loss's mean over the
         batch (reading them syncs a GPU, so only then)."""
@@ -160,8 +174,10 @@ class Fitter:
         terms: dict[str, Tensor] = {}
         for it in range(stage.iterations):
             opt.zero_grad(set_to_none=True)
-            frame = self.frame(params, raster, vertices)
-            terms = {name: weight * losses[name](frame) for name, weight in stage.losses}
+            frame = self.frame(params, raster, vertices, view)
+            # A term of shared coefficients only (e.g. a shared albedo's smoothness) is (1,): every photo's.
+            B = frame.screen.shape[0]
+            terms = {name: (weight * losses[name](frame)).expand(B) for name, weight in stage.losses}
             # Photos are independent: the sum's gradient on each photo's coefficients is its own loss's.
             sum(terms.values()).sum().backward()
             opt.step()
@@ -173,24 +189,34 @@ class Fitter:
             params[name].requires_grad_(False)
         return {k: v.detach() for k, v in terms.items()}
 
-    def fit(self, targets: list[FitTarget], progress: ProgressCallback | None = None) -> list[FitResult]:
-        """Fit a batch of targets (same crop size) at once; one result per target, in order."""
+    def fit(self, targets: list[FitTarget], progress: ProgressCallback | None = None,
+            params: dict[str, Tensor] | None = None, stages: tuple[Stage, ...] | None = None,
+            extra_losses: dict | None = None) -> list[FitResult]:
+        """Fit a batch of targets (same crop size) at once; one result per target, in order.
+
+        By default from :meth:`init_params` through the configuration's stages. A caller may start from
+        its own ``params`` (B, ...) each (a warm start; updated in place), run other ``stages``, and add
+        losses built elsewhere (``extra_losses``: name -> Loss, e.g. a temporal term that couples frames).
+        """
         batch = TargetBatch.stack(targets)
-        params = self.init_params(batch)
-        names = {name for stage in self.config.stages for name, _ in stage.losses}
-        losses = {name: make_loss(name, self.model, batch, self.config) for name in names}
+        view = self.view(batch)
+        params = self.init_params(batch) if params is None else params
+        stages = self.config.stages if stages is None else stages
+        extra = extra_losses or {}
+        names = {name for stage in stages for name, _ in stage.losses} - set(extra)
+        losses = {**{name: make_loss(name, self.model, batch, self.config) for name in names}, **extra}
         stage_losses, timings = {}, {}
-        n = len(self.config.stages)
-        for k, stage in enumerate(self.config.stages):
+        n = len(stages)
+        for k, stage in enumerate(stages):
             t0 = time.perf_counter()
 
             def report(it, values, stage=stage, k=k):
                 progress(Progress(stage.name, k, n, it + 1, stage.iterations, values))
 
-            stage_losses[stage.name] = self.run_stage(stage, params, losses, report if progress else None)
+            stage_losses[stage.name] = self.run_stage(stage, params, losses, report if progress else None, view)
             timings[f"stage_{stage.name}"] = (time.perf_counter() - t0) / len(targets)
         with torch.no_grad():
-            final = self.frame(params, raster=True)
+            final = self.frame(params, raster=True, view=view)
             landmark = losses.get("landmark") or make_loss("landmark", self.model, batch)
             lm = landmark.fitted_points(final)
         values = {stage: {k: v.tolist() for k, v in terms.items()} for stage, terms in stage_losses.items()}

@@ -238,7 +238,7 @@ def holds_parse(folder: Path) -> bool:
 def write_parse_result(image: np.ndarray, labels: np.ndarray, folder: str | os.PathLike, overwrite: bool = False) -> Path:
     """``folder``/labels.png (uint8 CelebAMask-HQ ids, photo size) and overlay.png (the photo with
     coloured parts and a legend), written atomically."""
-    with _atomic_folder(folder, overwrite) as tmp:
+    with atomic_folder(folder, overwrite) as tmp:
         _write_png(tmp / "labels.png", labels)
         overlay = colourize(image, labels)
         _write_png(tmp / "overlay.png", np.concatenate([overlay, legend(labels, overlay.shape[0])], axis=1))
@@ -246,7 +246,7 @@ def write_parse_result(image: np.ndarray, labels: np.ndarray, folder: str | os.P
 
 
 @contextmanager
-def _atomic_folder(folder: str | os.PathLike, overwrite: bool):
+def atomic_folder(folder: str | os.PathLike, overwrite: bool):
     """Yields a temporary sibling of ``folder`` that replaces it on success and is removed on failure.
     Raises FileExistsError if the folder exists and ``overwrite`` is False."""
     folder = Path(folder)
@@ -254,6 +254,9 @@ def _atomic_folder(folder: str | os.PathLike, overwrite: bool):
         raise FileExistsError(f"{folder} exists (use --overwrite to replace it)")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the result private
     try:
         yield tmp
         if folder.exists():
@@ -297,7 +300,7 @@ def write_png(path: Path, rgb_or_labels: np.ndarray) -> None:
 def write_result(output: FitOutput, folder: str | os.PathLike, source: str, overwrite: bool = False) -> Path:
     """Write all output files of one fit into ``folder``, atomically. Raises FileExistsError if the
     folder exists and ``overwrite`` is False."""
-    with _atomic_folder(folder, overwrite) as tmp:
+    with atomic_folder(folder, overwrite) as tmp:
         tri, bary, normals = render_photo(output)
         fitted = fitted_labels(output, tri, bary)
         mesh = mesh_files(output)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .camera import Camera
+from .camera import Camera, VideoCamera
 from .config import FitConfig
 from .errors import InputError, ModelError, NoFaceError
 from .fitting import FitResult, Fitter, ProgressCallback
@@ -102,13 +102,28 @@ class Pipeline:
             landmarks68=to_ibug68(mesh), labels=self.segmenter.segment(image, mesh),
         )
 
-    def prepare(self, image: np.ndarray) -> Prepared:
-        """Perception and the fit target of a photo, once for any number of fits."""
+    def crop(self, landmarks68: np.ndarray) -> CropTransform:
+        """The fitting crop around a face's 68 landmarks (photo pixels)."""
+        return CropTransform.around(landmarks68, self.config.crop_size, self.config.crop_margin)
+
+    def observe_mesh(self, image: np.ndarray, mesh: np.ndarray) -> Observation:
+        """The observation of a face whose mesh (468, 3) is known (a tracked video frame): its landmarks and
+        parts; the detection is the mesh's extent."""
+        lo, hi = mesh[:, :2].min(0), mesh[:, :2].max(0)
+        detection = Detection((*map(float, lo), *map(float, hi)), 1.0, np.zeros((6, 2), np.float32))
+        return Observation(image=image, detection=detection, n_faces=1, mesh=mesh, landmarks68=to_ibug68(mesh),
+                           labels=self.segmenter.segment(image, mesh))
+
+    def prepare(self, image: np.ndarray, observation: Observation | None = None,
+                camera: VideoCamera | None = None) -> Prepared:
+        """Perception (unless ``observation`` is given) and the fit target of a photo, once for any number
+        of fits; with a video's ``camera``, the target's crop sees that camera (:attr:`FitTarget.view`)."""
         t0 = time.perf_counter()
-        obs = self.observe(image)
+        obs = self.observe(image) if observation is None else observation
         t1 = time.perf_counter()
-        crop = CropTransform.around(obs.landmarks68, self.config.crop_size, self.config.crop_margin)
-        target = make_target(image, obs.labels, obs.landmarks68, crop, self.device)
+        crop = self.crop(obs.landmarks68)
+        view = None if camera is None else camera.in_crop(crop.scale, crop.offset)
+        target = make_target(image, obs.labels, obs.landmarks68, crop, self.device, view)
         return Prepared(obs, target, {"perception": t1 - t0, "target": time.perf_counter() - t1})
 
     def fit_prepared(
@@ -124,7 +139,13 @@ class Pipeline:
         fitter = fitter or self.fitter
         t0 = time.perf_counter()
         results = fitter.fit([p.target for p in prepared], progress)
-        fit = (time.perf_counter() - t0) / len(prepared)  # each photo's share of the batch's time
+        return self.fit_outputs(prepared, results, fitter, time.perf_counter() - t0)
+
+    @staticmethod
+    def fit_outputs(prepared: list[Prepared], results: list[FitResult], fitter: Fitter,
+                    seconds: float = 0.0) -> list[FitOutput]:
+        """The outputs of a batch's fits; each photo's "fit" timing is its share of the batch's ``seconds``."""
+        fit = seconds / len(prepared)
         outputs = []
         for p, result in zip(prepared, results):
             timings = {**p.timings, **result.timings, "fit": fit, "total": sum(p.timings.values()) + fit}

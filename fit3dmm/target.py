@@ -61,7 +61,9 @@ class FitTarget:
     label map after the paper's preprocessing (:func:`preprocess_labels`, forehead skin cut; shown in
     parts.png); part_masks: part name -> (S, S) bool, one per part of that map; occluded (S, S) bool where hair,
     glasses or a hat hide the face; face_mask (S, S) bool, the face pixels the photometric loss compares;
-    brow_line: (a, b, c) with a·x + b·y + c > 0 above the brows (forehead side), or None.
+    brow_line: (a, b, c) with a·x + b·y + c > 0 above the brows (forehead side), or None; view: the crop's
+    own pinhole (focal, cx, cy) in crop pixels when the photo's camera is known (a video's frames, see
+    :class:`fit3dmm.camera.VideoCamera`), None for the fit's default crop camera.
     """
 
     image: Tensor
@@ -72,6 +74,7 @@ class FitTarget:
     face_mask: Tensor
     brow_line: tuple[float, float, float] | None
     crop: CropTransform
+    view: tuple[float, float, float] | None = None
 
     @property
     def size(self) -> int:
@@ -206,10 +209,11 @@ def above_line(line: tuple[float, float, float] | None, shape: tuple[int, int]) 
 
 
 def make_target(
-    image: np.ndarray, labels: np.ndarray, landmarks68: np.ndarray, crop: CropTransform, device: torch.device
+    image: np.ndarray, labels: np.ndarray, landmarks68: np.ndarray, crop: CropTransform, device: torch.device,
+    view: tuple[float, float, float] | None = None,
 ) -> FitTarget:
     """Build the fit target from a photo (H, W, 3) uint8 RGB, its label map (H, W) uint8 in CelebAMask-HQ
-    ids, and its 68 landmarks (68, 2) in photo pixels."""
+    ids, and its 68 landmarks (68, 2) in photo pixels; ``view`` as :attr:`FitTarget.view`."""
     lmk = crop.to_crop(landmarks68)
     crop_labels, brow_line = preprocess_labels(crop.warp(labels, nearest=True), toward=lmk[30])
     face = np.isin(crop_labels, PART_CELEBA_IDS)  # the photometric loss keeps the forehead
@@ -226,4 +230,5 @@ def make_target(
         face_mask=to(face),
         brow_line=brow_line,
         crop=crop,
+        view=view,
     )

@@ -19,6 +19,7 @@ from fit3dmm.perception.detector import ASSETS, Detection, check_image, make_int
 _INPUT_SIZE = 192
 _CROP_SCALE = 1.5
 _RIGHT_EYE_OUTER, _LEFT_EYE_OUTER = 33, 263  # subject's right/left outer eye corners in the mesh
+_RIGHT_EYE_INNER, _LEFT_EYE_INNER = 133, 362
 
 # The mesh's left-right symmetry: the 28 midline points map to themselves, and the other ids below 248
 # (the subject's right half) pair, in increasing order, with 248-467 (the left half), e.g. 33 <-> 263.
@@ -94,6 +95,15 @@ class FaceMeshPredictor:
             raise NoFaceError(f"face landmark model found no face in the crop (score {score:.2f})")
         mesh[:, :2] -= 0.5
         return mesh.astype(np.float32)
+
+    def follow(self, image: np.ndarray, previous: np.ndarray) -> np.ndarray:
+        """The mesh in a video frame, searched where the previous frame's mesh (468, 3) was, with no detector
+        (MediaPipe's tracking mode); NoFaceError when the face is lost there."""
+        lo, hi = previous[:, :2].min(0), previous[:, :2].max(0)
+        keypoints = np.zeros((6, 2), np.float32)
+        keypoints[0] = previous[[_RIGHT_EYE_OUTER, _RIGHT_EYE_INNER], :2].mean(0)
+        keypoints[1] = previous[[_LEFT_EYE_OUTER, _LEFT_EYE_INNER], :2].mean(0)
+        return self.predict(image, Detection((*map(float, lo), *map(float, hi)), 1.0, keypoints))
 
     def _run(self, image: np.ndarray, centre: np.ndarray, side: float, angle: float):
         """Crop a rotated square (continuous coords), run the model, return the mesh in continuous photo
