@@ -444,12 +444,14 @@ def compare(data, out, mode, segmenter, fmt, protocol, split, skip, limit, model
 @click.option("--face", "face_index", default=0, show_default=True, help="Which face to follow, by size (0 = largest).")
 @click.option("--keyframes", type=click.IntRange(1, 256), default=8, show_default=True,
               help="Frames spread over the video that the identity is fitted on.")
-@click.option("--window", type=click.IntRange(1, 256), default=8, show_default=True,
+@click.option("--window", type=click.IntRange(1, 256), default=16, show_default=True,
               help="Consecutive frames fitted at once (a batch).")
+@click.option("--iterations", default=FULL_ITERATIONS, show_default=True,
+              help="Iterations of the identity fit's final stage (on the keyframes).")
 @click.option("--frames", "limit", type=click.IntRange(1), help="Track only the first N frames.")
 @click.option("--fps", type=click.FloatRange(min=0.001), help="Frame rate of a folder of frames (default 25).")
 @click.option("--overwrite", is_flag=True, help="Track videos whose result folder exists again (default: skip them).")
-def track(videos, out, loss, model, device, face_index, keyframes, window, limit, fps, overwrite) -> None:
+def track(videos, out, loss, model, device, face_index, keyframes, window, iterations, limit, fps, overwrite) -> None:
     """Track the face in each VIDEO (mp4, mov, avi, webm, mkv, or a folder of frames in name order): one identity,
     per-frame expression, pose and lighting, smooth in time. Writes OUT/<stem>/ (README, "Video"): blendshapes.csv,
     landmarks.npz, params.npz, overlay.mp4, animation.glb, mesh.obj, track.json."""
@@ -462,7 +464,8 @@ def track(videos, out, loss, model, device, face_index, keyframes, window, limit
 
     try:
         check_output_dir(out)
-        config = TrackConfig(fit=FitConfig.create(loss=loss, model=model, device=device, face_index=face_index),
+        config = TrackConfig(fit=FitConfig.create(loss=loss, iterations=iterations, model=model, device=device,
+                                                  face_index=face_index),
                              keyframes=keyframes, window=window, stages=track_stages(loss))
         tracker = Tracker(Pipeline(config.fit), config)
     except (Fit3dmmError, ValueError) as e:

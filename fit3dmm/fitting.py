@@ -191,12 +191,14 @@ class Fitter:
 
     def fit(self, targets: list[FitTarget], progress: ProgressCallback | None = None,
             params: dict[str, Tensor] | None = None, stages: tuple[Stage, ...] | None = None,
-            extra_losses: dict | None = None) -> list[FitResult]:
+            extra_losses: dict | None = None, finish: Callable[[dict[str, Tensor]], None] | None = None,
+            ) -> list[FitResult]:
         """Fit a batch of targets (same crop size) at once; one result per target, in order.
 
         By default from :meth:`init_params` through the configuration's stages. A caller may start from
         its own ``params`` (B, ...) each (a warm start; updated in place), run other ``stages``, and add
-        losses built elsewhere (``extra_losses``: name -> Loss, e.g. a temporal term that couples frames).
+        losses built elsewhere (``extra_losses``: name -> Loss, e.g. a temporal term that couples frames), and
+        ``finish`` the coefficients in place after the stages (e.g. a temporal smoother) before the results.
         """
         batch = TargetBatch.stack(targets)
         view = self.view(batch)
@@ -216,6 +218,9 @@ class Fitter:
             stage_losses[stage.name] = self.run_stage(stage, params, losses, report if progress else None, view)
             timings[f"stage_{stage.name}"] = (time.perf_counter() - t0) / len(targets)
         with torch.no_grad():
+            if finish is not None:
+                finish(params)
+                self._clamp(params)
             final = self.frame(params, raster=True, view=view)
             landmark = losses.get("landmark") or make_loss("landmark", self.model, batch)
             lm = landmark.fitted_points(final)

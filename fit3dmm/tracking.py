@@ -87,6 +87,32 @@ class Track:
     keyframes: list[int]
 
 
+def smoothing_weight(cutoff_hz: float, fps: float) -> float:
+    """λ of :func:`smooth` whose amplitude response, 1 / (1 + λ (2 - 2 cos ω)²) away from a window's ends,
+    is 1/2 at ``cutoff_hz``."""
+    omega = 2 * np.pi * min(cutoff_hz / fps, 0.5)
+    return float(1.0 / (2 - 2 * np.cos(omega)) ** 2)
+
+
+def smooth(x: Tensor, lam: Tensor, fixed: int = 0) -> Tensor:
+    """Whittaker smoother: the z closest to x (n, C) in least squares with λ_c (C,) times the squared second
+    differences of each column, z's first ``fixed`` rows held at x's (the frames already finished). One
+    (n, n) solve per column; n is a window's length."""
+    n = len(x)
+    if n < 3 or n == fixed:
+        return x
+    x64, lam = x.to(torch.float64), lam.to(torch.float64)[:, None, None]
+    d = torch.zeros(n - 2, n, dtype=torch.float64, device=x.device)
+    k = torch.arange(n - 2, device=x.device)
+    d[k, k], d[k, k + 1], d[k, k + 2] = 1.0, -2.0, 1.0
+    held, free = d[:, :fixed], d[:, fixed:]
+    # Normal equations of |z_f - x_f|² + λ |held x_h + free z_f|², per column.
+    a = torch.eye(n - fixed, dtype=torch.float64, device=x.device) + lam * (free.T @ free)  # (C, m, m)
+    rhs = x64[fixed:].T[..., None] - lam * (free.T @ (held @ x64[:fixed])).T[..., None]
+    z = torch.linalg.solve(a, rhs)[..., 0].T
+    return torch.cat([x[:fixed], z.to(x.dtype)])
+
+
 class Tracker:
     """Tracks the face of videos with a pipeline's models and a :class:`TrackConfig`."""
 
@@ -165,12 +191,14 @@ class Tracker:
         T = len(followed.valid)
         out = {name: np.zeros((T, *key_fits[0].params[name].shape), np.float32) for name in FRAME_PARAMS}
         fitted68 = np.full((T, 68, 2), np.nan, np.float32)
-        state: dict = {"last": None, "context": None, "last_index": -10**9}
+        state: dict = {"last": None, "context": None, "history": None, "last_index": -10**9, "carry": {},
+                       "prepared": {}, "fps": reader.fps}
         window: list[VideoFrame] = []
 
-        def flush():
-            outputs = self._fit_window(window, followed, camera, fixed, gamma0, state)
-            for frame in window:
+        def flush(commit: int):
+            """Fit the window, finish its first ``commit`` frames; the rest are fitted again with the next."""
+            outputs = self._fit_window(window, commit, followed, camera, fixed, gamma0, state)
+            for frame in window[:commit]:
                 output = outputs.get(frame.index)
                 if output is not None:
                     for name in FRAME_PARAMS:
@@ -180,14 +208,14 @@ class Tracker:
                     on_frame(TrackedFrame(frame, output))
                 if progress:
                     progress("track", frame.index + 1, T)
-            window.clear()
+            del window[:commit]
 
         for frame in reader.frames():
             window.append(frame)
-            if len(window) == cfg.window:
-                flush()
+            if len(window) == cfg.window + cfg.lookahead:
+                flush(cfg.window)
         if window:
-            flush()
+            flush(len(window))
 
         valid = followed.valid
         self._interpolate(out, valid)
@@ -198,14 +226,17 @@ class Tracker:
                      detected68=followed.landmarks68.astype(np.float32), fitted68=fitted68, params=params,
                      camera=camera, keyframes=keys)
 
-    def _fit_window(self, window: list[VideoFrame], followed: Followed, camera: VideoCamera,
+    def _fit_window(self, window: list[VideoFrame], commit: int, followed: Followed, camera: VideoCamera,
                     fixed: dict[str, Tensor], gamma0: Tensor, state: dict) -> dict[int, FitOutput]:
-        """Fit a window's frames that have a face, as one batch; their outputs by frame index."""
+        """Fit a window's frames that have a face as one batch; the outputs of its first ``commit`` frames by
+        frame index. The others (the look-ahead) keep their fits only as the next window's starting point."""
         faces = [f for f in window if followed.valid[f.index]]
         if not faces:
             return {}
         pipe, cfg = self.pipeline, self.config
-        prepared = [pipe.prepare(f.image, pipe.observe_mesh(f.image, followed.meshes[f.index]), camera) for f in faces]
+        cache = state["prepared"]  # the look-ahead frames', from the window before
+        prepared = [cache.get(f.index) or pipe.prepare(f.image, pipe.observe_mesh(f.image, followed.meshes[f.index]),
+                                                       camera) for f in faces]
         targets = [p.target for p in prepared]
         B = len(targets)
         cold = state["last"] is None or faces[0].index - state["last_index"] > MAX_GAP
@@ -215,25 +246,55 @@ class Tracker:
             stages = (self.rigid, *cfg.stages)
             state["context"] = None
         else:
-            params = {name: state["last"][name].expand(B, *state["last"][name].shape).clone() for name in FRAME_PARAMS}
+            # Each frame starts from its own fit in the previous window (look-ahead frames), else from the
+            # latest fit before it.
+            starts, latest = [], state["last"]
+            for f in faces:
+                latest = state["carry"].get(f.index, latest)
+                starts.append(latest)
+            params = {name: torch.stack([p[name] for p in starts]) for name in FRAME_PARAMS}
             stages = cfg.stages
         params.update({name: value.clone() for name, value in fixed.items()})
         temporal = TemporalLoss(self.model, None, context=state["context"], exp_weight=cfg.exp_smooth)
-        results = self.fitter.fit(targets, params=params, stages=stages, extra_losses={"temporal": temporal})
+        history = None if cold else state["history"]
+        results = self.fitter.fit(targets, params=params, stages=stages, extra_losses={"temporal": temporal},
+                                  finish=lambda p: self._smooth(p, history, state["fps"]))
 
-        # The last two fits are the next window's context.
-        with torch.no_grad():
-            points = torch.stack([r.vertices[self.model.landmarks68] @ r.rotation.T + r.params["translation"]
-                                  for r in results])
-            exp = torch.stack([r.params["exp"] for r in results])
-            if state["context"] is not None:
-                points = torch.cat([state["context"]["points"], points])
-                exp = torch.cat([state["context"]["exp"], exp])
-        state["context"] = {"points": points[-2:], "exp": exp[-2:]} if len(points) >= 2 else None
-        state["last"] = {name: results[-1].params[name] for name in FRAME_PARAMS}
-        state["last_index"] = faces[-1].index
-        fits = pipe.fit_outputs(prepared, results, self.fitter)
-        return {f.index: o for f, o in zip(faces, fits)}
+        done = [k for k, f in enumerate(faces) if f.index < window[commit - 1].index + 1]
+        state["carry"] = {f.index: {n: results[k].params[n] for n in FRAME_PARAMS}
+                          for k, f in enumerate(faces) if k not in done}
+        state["prepared"] = {f.index: prepared[k] for k, f in enumerate(faces) if k not in done}
+        if done:
+            # The last two finished fits are the next window's context.
+            with torch.no_grad():
+                points = torch.stack([results[k].vertices[self.model.landmarks68] @ results[k].rotation.T
+                                      + results[k].params["translation"] for k in done])
+                exp = torch.stack([results[k].params["exp"] for k in done])
+                if state["context"] is not None:
+                    points = torch.cat([state["context"]["points"], points])
+                    exp = torch.cat([state["context"]["exp"], exp])
+            state["context"] = {"points": points[-2:], "exp": exp[-2:]} if len(points) >= 2 else None
+            finished = {name: torch.stack([results[k].params[name] for k in done]) for name in FRAME_PARAMS}
+            if history is not None:
+                finished = {name: torch.cat([history[name], v]) for name, v in finished.items()}
+            state["history"] = {name: v[-2:] for name, v in finished.items()}
+            state["last"] = {name: results[done[-1]].params[name] for name in FRAME_PARAMS}
+            state["last_index"] = faces[done[-1]].index
+        fits = pipe.fit_outputs([prepared[k] for k in done], [results[k] for k in done], self.fitter)
+        return {faces[k].index: o for k, o in zip(done, fits)}
+
+    def _smooth(self, params: dict[str, Tensor], history: dict[str, Tensor] | None, fps: float) -> None:
+        """Smooth the window's per-frame coefficients in place (:func:`smooth`), after the finished frames'
+        last two (``history``, held fixed) so windows join without a kink."""
+        cfg = self.config
+        groups = {"angles": cfg.pose_cutoff_hz, "translation": cfg.pose_cutoff_hz, "gamma": cfg.pose_cutoff_hz,
+                  "exp": cfg.exp_cutoff_hz}
+        for name, cutoff in groups.items():
+            x = params[name]
+            fixed = 0 if history is None else len(history[name])
+            flat = (x if history is None else torch.cat([history[name], x])).reshape(fixed + len(x), -1)
+            lam = flat.new_full((flat.shape[1],), smoothing_weight(cutoff, fps))
+            params[name].copy_(smooth(flat, lam, fixed)[fixed:].reshape(x.shape))
 
     @staticmethod
     def _interpolate(params: dict[str, np.ndarray], valid: np.ndarray) -> None:

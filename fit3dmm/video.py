@@ -138,10 +138,10 @@ class VideoReader:
     def check_count(self, n: int) -> None:
         """InputError unless ``n`` frames, decoded to the end, are the whole video: none at all, or fewer
         than the header declares (a truncated file)."""
-        if n == 0:
-            raise InputError(f"{self.path}: the video has no frames")
         if not self.is_folder and self.declared and n < self.declared * (1 - TRUNCATED_FRACTION) - 1:
             raise InputError(f"{self.path}: truncated: {n} frames decode, of the {self.declared} it declares")
+        if n == 0:
+            raise InputError(f"{self.path}: the video has no frames")
 
 
 def is_video(path: Path) -> bool:
@@ -156,7 +156,8 @@ class H264Writer:
         import av
 
         self.width, self.height = width - width % 2, height - height % 2
-        self._container = av.open(str(path), "w")
+        # faststart: the index before the frames, so a browser plays the file while it loads.
+        self._container = av.open(str(path), "w", format="mp4", options={"movflags": "faststart"})
         self._stream = self._container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         self._stream.width, self._stream.height = self.width, self.height
         self._stream.pix_fmt = "yuv420p"
