@@ -64,11 +64,19 @@ def test_anchor_grid_covers_crop_evenly():
 def test_mask_points_fps_reduces_large_masks():
     m = torch.zeros(200, 200, dtype=torch.bool)
     m[20:180, 30:170] = True
-    pts = mask_points(m, 3000)
-    assert pts.shape == (3000, 2)
-    assert m[pts[:, 1].long(), pts[:, 0].long()].all()
+    small = torch.zeros(200, 200, dtype=torch.bool)
+    small[50:60, 50:60] = True
+    other = torch.zeros(200, 200, dtype=torch.bool)
+    other[0:150, 100:200] = True
+    pts, few, more = mask_points([m, small, other], 3000)
+    assert pts.shape == (3000, 2) and few.shape == (100, 2) and more.shape == (3000, 2)  # a small mask is kept whole
+    assert m[pts[:, 1].long(), pts[:, 0].long()].all() and other[more[:, 1].long(), more[:, 0].long()].all()
     # FPS spreads the points over the whole mask.
     assert pts[:, 0].min() <= 32 and pts[:, 0].max() >= 167
+    # Sampled together, each mask gets the points it would get alone.
+    for mask, together in ((m, pts), (other, more)):
+        (alone,) = mask_points([mask], 3000)
+        assert torch.equal(alone, together)
 
 
 def test_brow_line_cuts_forehead_above_tilted_brows():

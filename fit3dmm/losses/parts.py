@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..models.facemodel import PART_NAMES, SKIN_POINTS
 from ..render import point_visibility
-from ..sampling import farthest_point_sampling
+from ..sampling import farthest_point_sampling_batch
 from .base import Frame, Loss, gather_vertices
 
 #: Default per-part weights: 1, but 0.2 for the skin. The paper weighs parts equally; with PRDL the large
@@ -31,12 +31,10 @@ PART_WEIGHTS = {"skin": 0.2}
 BLEND_DEPTH_FACTOR = 10.0
 
 
-def mask_points(mask: Tensor, max_points: int | None = None) -> Tensor:
-    """(N, 2) float pixel coordinates (x, y) of a mask; reduced by FPS to max_points if given.
-
-    Mask pixels are uniformly dense, so a strided sub-grid of about 4x max_points is taken before FPS to
-    bound its cost; FPS then evens out what the stride leaves.
-    """
+def _mask_pixels(mask: Tensor, max_points: int | None) -> Tensor:
+    """(N, 2) float pixel coordinates (x, y) of a mask; with ``max_points``, only a strided sub-grid of
+    about 4x max_points of a larger mask (mask pixels are uniformly dense, so this bounds FPS's cost; FPS
+    then evens out what the stride leaves)."""
     ys, xs = torch.nonzero(mask, as_tuple=True)
     pts = torch.stack([xs, ys], 1).float()
     if max_points is None or len(pts) <= max_points:
@@ -45,7 +43,21 @@ def mask_points(mask: Tensor, max_points: int | None = None) -> Tensor:
     if stride > 1:
         keep = (xs % stride == 0) & (ys % stride == 0)
         pts = pts[keep]
-    return pts[farthest_point_sampling(pts, max_points)]
+    return pts
+
+
+def mask_points(masks: list[Tensor], max_points: int | None = None) -> list[Tensor]:
+    """Per mask (S, S) bool, the (N, 2) float pixel coordinates (x, y) of its pixels, reduced by farthest
+    point sampling to ``max_points`` if given (all masks' samplings in one batched pass)."""
+    pts = [_mask_pixels(m, max_points) for m in masks]
+    big = [i for i, p in enumerate(pts) if max_points is not None and len(p) > max_points]
+    if big:
+        lengths = torch.tensor([len(pts[i]) for i in big], device=pts[big[0]].device)
+        padded = torch.nn.utils.rnn.pad_sequence([pts[i] for i in big], batch_first=True)
+        picks = farthest_point_sampling_batch(padded, lengths, max_points)
+        for row, i in enumerate(big):
+            pts[i] = pts[i][picks[row]]
+    return pts
 
 
 def nearest(a: Tensor, b: Tensor, tree: cKDTree | None = None) -> tuple[Tensor, Tensor]:
@@ -97,10 +109,9 @@ class PartSetLoss(Loss):
             triangles.append(None if tris is None else tris + n)
             n += len(ids)
         self.part_names = names
-        self.target_points = [
-            [mask_points(t.part_masks[name], SKIN_POINTS if name == "skin" else None) for name in names]
-            for t in target.targets
-        ]
+        per_part = [mask_points([t.part_masks[name] for t in target.targets], SKIN_POINTS if name == "skin" else None)
+                    for name in names]
+        self.target_points = [[part[b] for part in per_part] for b in range(len(target))]
         present = torch.tensor([[len(p) > 0 for p in photo] for photo in self.target_points], device=device)
         base = torch.tensor([part_weights.get(name, 1.0) for name in names], device=device)
         self.weights = base * present.reshape(len(target), len(names))
