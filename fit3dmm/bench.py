@@ -1,9 +1,10 @@
 """`make bench`: speed and accuracy on the shared photos (medians of several runs).
 
-Run as ``python -m fit3dmm.bench [--photos N] [--batch N] [--iou N] [--seg N]``; reads ``$FIT3DMM_SHARED``
+Run as ``python -m fit3dmm.bench [--photos N] [--batch N] [--iou N] [--seg N] [--video N]``; reads ``$FIT3DMM_SHARED``
 (default ../shared). Targets (2-core CPU, default settings): full fit <= 6 s, PRDL forward+backward <= 15 ms,
 rasterization at 224² <= 10 ms, face parser <= 150 ms per face, a folder fitted in batches of 8 >= 1.5x the
-photos per second of one by one.
+photos per second of one by one; video tracking >= 1 frame/s on a 512² video, its landmark jitter <= 0.5x the
+detector's while within 5% of the eye-corner distance of the detected points.
 """
 
 from __future__ import annotations
@@ -118,12 +119,57 @@ def throughput(photos: list[Path], console: Console) -> None:
     console.print(table)
 
 
+def video(shared: Path, frames: int, independent: int, pipeline: Pipeline, console: Console) -> None:
+    """`fit3dmm track` on the first frames of a 512² video as a fresh process (models loaded included): frames
+    per second end to end, and the jitter of its 68 landmarks and their distance from the detector's, against
+    the detector's own and independent per-frame fits (`fit`'s, in batches of 16) on the first frames."""
+    from .metrics import landmark_deviation, landmark_jitter
+    from .video import VideoReader
+
+    clip = shared / "data" / "videos" / "d3.mp4"
+    cli = Path(sys.executable).with_name("fit3dmm")
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        run = subprocess.run([str(cli), "track", str(clip), "-o", tmp, "--frames", str(frames)], capture_output=True,
+                             text=True)
+        seconds = time.perf_counter() - t0
+        if run.returncode:
+            console.print(f"[red]fit3dmm track failed[/red]: {run.stderr.strip()[-300:]}")
+            return
+        tracked = np.load(Path(tmp) / clip.stem / "landmarks.npz")
+        detected, fitted = tracked["detected_68"], tracked["fitted_68"]
+    images = [f.image for f in VideoReader(clip, limit=independent).frames()]
+    alone, alone_detected = [], []
+    for i in range(0, len(images), 16):
+        for out in pipeline.fit_batch([pipeline.prepare(im) for im in images[i : i + 16]]):
+            alone.append(out.target.crop.to_photo(out.result.landmarks68.numpy()))
+            alone_detected.append(out.observation.landmarks68)
+    alone, alone_detected = np.array(alone), np.array(alone_detected)
+    n = len(alone)
+    table = Table(title=f"video: `fit3dmm track` on {clip.name} (512², {frames} frames; jitter and distance over the "
+                        f"first {n}); second difference and distance of the 68 points over the eye-corner distance")
+    for col in ("landmarks", "jitter", "vs detector's jitter", "distance from detected"):
+        table.add_column(col, justify="left" if col == "landmarks" else "right")
+    base = landmark_jitter(detected[:n], detected[:n])
+    rows = (("detected (per frame)", detected[:n], detected[:n]), ("independent fits", alone, alone_detected),
+            ("tracked", fitted[:n], detected[:n]), (f"tracked, all {frames} frames", fitted, detected))
+    for name, points, reference in rows:
+        jitter = landmark_jitter(points, reference)
+        ratio = jitter / (base if len(points) == n else landmark_jitter(detected, detected))
+        table.add_row(name, f"{jitter:.4f}", f"{ratio:.2f}x", f"{landmark_deviation(points, reference):.2%}")
+    console.print(table)
+    console.print(f"fit3dmm track, {frames} frames end to end (a fresh process, models loaded and identity fitted "
+                  f"included): {seconds:.1f} s, {frames / seconds:.2f} frames/s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--photos", type=int, default=5, help="photos from shared/data/photos to time full fits on")
     parser.add_argument("--iou", type=int, default=20, help="validation photos for the fit's part IoU per segmenter and loss")
     parser.add_argument("--seg", type=int, default=0, help="validation photos for the segmenters' part IoU (0 = all)")
     parser.add_argument("--batch", type=int, default=16, help="photos of shared/data/photos for the folder throughput (0: skip)")
+    parser.add_argument("--video", type=int, default=150, help="frames of shared/data/videos/d3.mp4 to track (0: skip)")
+    parser.add_argument("--independent", type=int, default=32, help="of those, frames also fitted one by one")
     args = parser.parse_args()
     shared = Path(os.environ.get("FIT3DMM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
     console = Console()
@@ -142,6 +188,9 @@ def main() -> None:
     for k, v in stage_times.items():
         table.add_row(k, f"{statistics.median(v):.3f}")
     console.print(table)
+
+    if args.video:
+        video(shared, args.video, min(args.independent, args.video), pipeline, console)
 
     if args.batch:
         throughput(sorted((shared / "data" / "photos").iterdir())[-args.batch :], console)

@@ -117,14 +117,10 @@ class FitConfig:
         return asdict(self)
 
 
-#: Tracking's temporal term (losses.temporal): weight of the landmark vertices' acceleration (cm² for the
-#: ICT model) and, within it, of the expression coefficients'. Chosen on d3.mp4 (README, "Video").
-TEMPORAL_WEIGHT = 1.0
-EXP_SMOOTH = 1.0
-#: Cut-off frequencies (half power) of the smoother applied to each window's fitted coefficients: pose and
+#: Cut-off frequencies (half amplitude) of the smoother applied to each window's fitted coefficients: pose and
 #: lighting, and expression (speech and blinks move faster than heads). Chosen on d3.mp4 (README, "Video").
-POSE_CUTOFF_HZ = 3.0
-EXP_CUTOFF_HZ = 5.0
+POSE_CUTOFF_HZ = 1.2
+EXP_CUTOFF_HZ = 3.0
 #: Iterations per tracking window: the landmark stages (no rendering: ~2 ms a frame-iteration on this CPU),
 #: then the stage with every loss (~50 ms).
 TRACK_POSE_ITERATIONS = 30
@@ -132,22 +128,20 @@ TRACK_EXPRESSION_ITERATIONS = 20
 TRACK_ITERATIONS = 5
 
 
-def track_stages(seg_loss: str = "prdl", seg_weight: float | None = None, iterations: int = TRACK_ITERATIONS,
-                 temporal_weight: float = TEMPORAL_WEIGHT) -> tuple[Stage, ...]:
+def track_stages(seg_loss: str = "prdl", seg_weight: float | None = None, iterations: int = TRACK_ITERATIONS
+                 ) -> tuple[Stage, ...]:
     """Per-frame stages of video tracking, each frame starting from the fit of the frame before: pose on the
     landmarks (with the rigid stage's step sizes: a window's last frame may have turned well away from the
     frame before the window), then pose and expression on the landmarks, then pose, expression and lighting
-    on every loss. Identity and albedo are fixed (fitted once on keyframes); the temporal term ties the
-    window's frames together."""
+    on every loss. Identity and albedo are fixed (fitted once on keyframes)."""
     seg = [] if seg_loss == "none" else [(seg_loss, SEG_WEIGHTS.get(seg_loss, PRDL_WEIGHT) if seg_weight is None else seg_weight)]
-    temporal = ("temporal", temporal_weight)
     lmk = ("landmark", LANDMARK_WEIGHT)
     return (
         Stage("pose", TRACK_POSE_ITERATIONS, (("angles", 0.03), ("translation", 1.0)), (("landmark", 1.0),)),
         Stage("expression", TRACK_EXPRESSION_ITERATIONS, (("angles", 0.005), ("translation", 0.1), ("exp", 0.03)),
-              (lmk, ("reg", REG_WEIGHT), temporal)),
+              (lmk, ("reg", REG_WEIGHT))),
         Stage("track", iterations, (("angles", 0.002), ("translation", 0.03), ("exp", 0.01), ("gamma", 0.01)),
-              (lmk, ("photometric", PHOTOMETRIC_WEIGHT), ("reg", REG_WEIGHT), *seg, temporal)),
+              (lmk, ("photometric", PHOTOMETRIC_WEIGHT), ("reg", REG_WEIGHT), *seg)),
     )
 
 
@@ -155,16 +149,17 @@ def track_stages(seg_loss: str = "prdl", seg_weight: float | None = None, iterat
 class TrackConfig:
     """Video tracking: ``fit`` fits the identity (and albedo) once, on ``keyframes`` frames spread over the
     video, as one batch with one identity; then windows of ``window`` consecutive frames are fitted as
-    batches through ``stages``, each warm-started from the frame before, with the temporal term
-    (``exp_smooth``: its expression part) tying them together. Each window also fits the ``lookahead``
-    frames after it, so its last frames are smoothed against what follows (they are fitted again, and
-    kept, with the next window)."""
+    batches through ``stages``, each frame starting from the fit of the frame before, and their coefficients
+    smoothed in time: a second-difference penalty solved in closed form (a Whittaker smoother) whose
+    strength is given as the frequency at which it halves a motion's amplitude, for pose and lighting
+    (``pose_cutoff_hz``) and expression (``exp_cutoff_hz``). Each window also fits the ``lookahead`` frames
+    after it, so its last frames are smoothed against what follows (they are fitted again, and kept, with
+    the next window)."""
 
     fit: FitConfig = field(default_factory=FitConfig)
     keyframes: int = 8
     window: int = 16
     lookahead: int = 4
-    exp_smooth: float = EXP_SMOOTH
     pose_cutoff_hz: float = POSE_CUTOFF_HZ
     exp_cutoff_hz: float = EXP_CUTOFF_HZ
     stages: tuple[Stage, ...] = field(default_factory=track_stages)

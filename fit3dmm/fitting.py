@@ -191,22 +191,19 @@ class Fitter:
 
     def fit(self, targets: list[FitTarget], progress: ProgressCallback | None = None,
             params: dict[str, Tensor] | None = None, stages: tuple[Stage, ...] | None = None,
-            extra_losses: dict | None = None, finish: Callable[[dict[str, Tensor]], None] | None = None,
-            ) -> list[FitResult]:
+            finish: Callable[[dict[str, Tensor]], None] | None = None) -> list[FitResult]:
         """Fit a batch of targets (same crop size) at once; one result per target, in order.
 
         By default from :meth:`init_params` through the configuration's stages. A caller may start from
-        its own ``params`` (B, ...) each (a warm start; updated in place), run other ``stages``, and add
-        losses built elsewhere (``extra_losses``: name -> Loss, e.g. a temporal term that couples frames), and
+        its own ``params`` (B, ...) each (a warm start; updated in place), run other ``stages``, and
         ``finish`` the coefficients in place after the stages (e.g. a temporal smoother) before the results.
         """
         batch = TargetBatch.stack(targets)
         view = self.view(batch)
         params = self.init_params(batch) if params is None else params
         stages = self.config.stages if stages is None else stages
-        extra = extra_losses or {}
-        names = {name for stage in stages for name, _ in stage.losses} - set(extra)
-        losses = {**{name: make_loss(name, self.model, batch, self.config) for name in names}, **extra}
+        names = {name for stage in stages for name, _ in stage.losses}
+        losses = {name: make_loss(name, self.model, batch, self.config) for name in names}
         stage_losses, timings = {}, {}
         n = len(stages)
         for k, stage in enumerate(stages):

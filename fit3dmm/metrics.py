@@ -30,6 +30,22 @@ def landmark_nme(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(np.linalg.norm(pred - truth, axis=1).mean() / np.linalg.norm(truth[36] - truth[45]))
 
 
+def landmark_jitter(points: np.ndarray, reference: np.ndarray) -> float:
+    """Mean length of the 68 points' second difference over consecutive frames (T, 68, 2), each over the
+    outer-eye-corner distance of ``reference`` (T, 68, 2) at the middle frame; triplets with a NaN left out."""
+    acc = np.linalg.norm(points[2:] - 2 * points[1:-1] + points[:-2], axis=-1).mean(-1)
+    eye = np.linalg.norm(reference[1:-1, 36] - reference[1:-1, 45], axis=-1)
+    values = acc / eye
+    return float(np.nanmean(values))
+
+
+def landmark_deviation(points: np.ndarray, reference: np.ndarray) -> float:
+    """Mean 68-point distance between two tracks (T, 68, 2) over ``reference``'s outer-eye-corner distance,
+    averaged over the frames where both have points."""
+    eye = np.linalg.norm(reference[:, 36] - reference[:, 45], axis=-1)
+    return float(np.nanmean(np.linalg.norm(points - reference, axis=-1).mean(-1) / eye))
+
+
 def mean_part_iou(pipeline, pairs: list, progress: Callable[[int, int, str], None] | None = None) -> dict[str, float]:
     """Fit each (image, mask) pair with ``pipeline`` and average the part IoU of the visible fitted parts
     against the human mask (left/right by image position): per part of IOU_PARTS, and 'mean' over them.

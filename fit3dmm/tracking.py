@@ -9,10 +9,15 @@ Three passes over the frames, none holding more than a window of them:
    and one albedo (the configuration's usual stages). Their crop scale fixes the video's camera
    (:class:`VideoCamera`): every frame's crop is a view of that one camera, so poses are comparable
    from frame to frame.
-3. **Track**: windows of consecutive frames are fitted as batches, identity and albedo fixed, each frame
-   starting from the fit of the frame before, with the temporal term (:mod:`.losses.temporal`) across the
-   window and the previous window's last two frames. A window after a gap (or the first) starts cold,
-   from the landmark rigid stage. Invalid frames take coefficients interpolated from their neighbours.
+3. **Track**: windows of consecutive frames (plus a few look-ahead frames) are fitted as batches, identity
+   and albedo fixed, each frame starting from the fit of the frame before; then each window's per-frame
+   coefficients are smoothed in time (:func:`smooth`, a second-difference penalty solved in closed form),
+   after the previous window's last two frames, held fixed. A window after a gap (or the first) starts
+   cold, from the landmark rigid stage. Invalid frames take coefficients interpolated from their neighbours.
+
+A second-difference term inside the loss (on the landmark vertices and expression coefficients) was tried
+first: at the same smoothing it gave more jitter and a larger distance from the detected landmarks than
+smoothing the fitted coefficients (README, "Video"), and it slowed the fit's response to fast head turns.
 """
 
 from __future__ import annotations
@@ -28,7 +33,6 @@ from .camera import VideoCamera
 from .config import TrackConfig, default_stages
 from .errors import NoFaceError
 from .fitting import Fitter
-from .losses.temporal import TemporalLoss
 from .perception.landmarks import to_ibug68
 from .pipeline import FitOutput, Pipeline
 from .target import TargetBatch
@@ -191,7 +195,7 @@ class Tracker:
         T = len(followed.valid)
         out = {name: np.zeros((T, *key_fits[0].params[name].shape), np.float32) for name in FRAME_PARAMS}
         fitted68 = np.full((T, 68, 2), np.nan, np.float32)
-        state: dict = {"last": None, "context": None, "history": None, "last_index": -10**9, "carry": {},
+        state: dict = {"last": None, "history": None, "last_index": -10**9, "carry": {},
                        "prepared": {}, "fps": reader.fps}
         window: list[VideoFrame] = []
 
@@ -244,7 +248,6 @@ class Tracker:
             params = self.fitter.init_params(TargetBatch.stack(targets))
             params["gamma"] = gamma0.expand(B, *gamma0.shape).clone()
             stages = (self.rigid, *cfg.stages)
-            state["context"] = None
         else:
             # Each frame starts from its own fit in the previous window (look-ahead frames), else from the
             # latest fit before it.
@@ -255,9 +258,8 @@ class Tracker:
             params = {name: torch.stack([p[name] for p in starts]) for name in FRAME_PARAMS}
             stages = cfg.stages
         params.update({name: value.clone() for name, value in fixed.items()})
-        temporal = TemporalLoss(self.model, None, context=state["context"], exp_weight=cfg.exp_smooth)
         history = None if cold else state["history"]
-        results = self.fitter.fit(targets, params=params, stages=stages, extra_losses={"temporal": temporal},
+        results = self.fitter.fit(targets, params=params, stages=stages,
                                   finish=lambda p: self._smooth(p, history, state["fps"]))
 
         done = [k for k, f in enumerate(faces) if f.index < window[commit - 1].index + 1]
@@ -265,15 +267,7 @@ class Tracker:
                           for k, f in enumerate(faces) if k not in done}
         state["prepared"] = {f.index: prepared[k] for k, f in enumerate(faces) if k not in done}
         if done:
-            # The last two finished fits are the next window's context.
-            with torch.no_grad():
-                points = torch.stack([results[k].vertices[self.model.landmarks68] @ results[k].rotation.T
-                                      + results[k].params["translation"] for k in done])
-                exp = torch.stack([results[k].params["exp"] for k in done])
-                if state["context"] is not None:
-                    points = torch.cat([state["context"]["points"], points])
-                    exp = torch.cat([state["context"]["exp"], exp])
-            state["context"] = {"points": points[-2:], "exp": exp[-2:]} if len(points) >= 2 else None
+            # The last two finished frames are held fixed when the next window is smoothed.
             finished = {name: torch.stack([results[k].params[name] for k in done]) for name in FRAME_PARAMS}
             if history is not None:
                 finished = {name: torch.cat([history[name], v]) for name, v in finished.items()}

@@ -1,4 +1,4 @@
-"""Video tracking: the smoother and temporal term (synthetic), video reading (bad files), and `fit3dmm track` on
+"""Video tracking: the smoother (synthetic), video reading (bad files), and `fit3dmm track` on
 real frames with faceless ones among them."""
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import trimesh
 
 from fit3dmm.errors import InputError
 from fit3dmm.gltf import accessor_array, read_glb
-from fit3dmm.losses.base import Frame
-from fit3dmm.losses.temporal import TemporalLoss
 from fit3dmm.tracking import smooth, smoothing_weight
 from fit3dmm.video import H264Writer, VideoReader
 
@@ -40,30 +38,6 @@ def test_smoother_keeps_lines_and_damps_at_its_cutoff():
     assert torch.equal(z[:2], noisy[:2])
     acc = lambda x: (x[2:] - 2 * x[1:-1] + x[:-2]).abs().mean()  # noqa: E731
     assert acc(z) < 0.2 * acc(noisy)
-
-
-def test_temporal_loss_is_zero_for_steady_motion(ict_model):
-    B = 5
-    exp = torch.zeros(B, ict_model.n_exp)
-    verts = ict_model(torch.zeros(1, ict_model.n_id), exp).expand(B, -1, -1)
-    translation = torch.stack([torch.tensor([0.5 * b, 0.0, 100.0]) for b in range(B)])  # constant velocity
-    frame = Frame(vertices=verts, screen=verts, rotation=torch.eye(3).expand(B, 3, 3),
-                  params={"exp": exp, "translation": translation.clone()})
-    loss = TemporalLoss(ict_model, None)
-    assert loss(frame).shape == (B,) and loss(frame).abs().max() < 1e-6
-    frame.params["translation"][3, 0] += 1.0  # one frame out of line: its own and its neighbours' terms
-    values = loss(frame)
-    assert values[:2].abs().max() == 0 and (values[2:] > 0).all()
-    # With the two frames before as context, the first frames are tied to them too.
-    points = loss.points(frame)
-    context = {"points": torch.stack([points[0] - 2 * (points[1] - points[0]), points[0] - (points[1] - points[0])]),
-               "exp": exp[:2]}
-    frame.params["translation"][3, 0] -= 1.0
-    assert TemporalLoss(ict_model, None, context=context)(frame).abs().max() < 1e-4
-    frame.params["exp"] = exp.clone().requires_grad_()
-    frame.params["exp"].data[0, 0] = 0.5
-    TemporalLoss(ict_model, None, context=context)(frame).sum().backward()
-    assert frame.params["exp"].grad[0, 0] > 0
 
 
 def _write_video(path: Path, frames, fps=25):

@@ -3,7 +3,7 @@
 Importing this package registers the built-in losses; ``--loss NAME`` picks the segmentation term.
 """
 
-from . import chamfer, icp, iou, landmark, photometric, prdl, regularizer, temporal  # noqa: F401  (registration)
+from . import chamfer, icp, iou, landmark, photometric, prdl, regularizer  # noqa: F401  (registration)
 from .base import REGISTRY, Frame, Loss, make_loss, register
 
 #: Losses `--loss` may name: segmentation-guided terms, plus "none" for landmark + photometric only.
