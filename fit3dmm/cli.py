@@ -185,6 +185,19 @@ class _InProcess:
         return self.batch_fn(tasks, self.bar)
 
 
+def _settle_worker_resources() -> None:
+    """After Ctrl-C with worker processes: free the worker queues' semaphores now and let multiprocessing's
+    resource tracker (a separate process) finish. Left to interpreter exit, the tracker sometimes (about one
+    run in five here) printed a warning about them after the command's last line."""
+    import gc
+    from multiprocessing import resource_tracker
+
+    gc.collect()
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    if tracker is not None and hasattr(tracker, "_stop"):  # a private API: skipped where it does not exist
+        tracker._stop()
+
+
 def _batch(command: str, images: list[Path], out: Path, overwrite: bool, process, existing, job=None,
            workers: int = 1, ray_address: str | None = None, batch=None, batch_size: int = 1) -> None:
     """Run ``process(path, OUT/<stem>, progress bar)`` on each image (``batch(tasks, bar)`` on groups of
@@ -217,6 +230,7 @@ def _batch(command: str, images: list[Path], out: Path, overwrite: bool, process
             bar.stop()
             _fail(error_text(e))
     if interrupted:
+        _settle_worker_resources()
         console.print(f"[yellow]interrupted[/yellow] after {len(results)} of {len(images)} images; finished "
                       f"results are kept (see {out / SUMMARY}), run the same command again to continue")
         sys.exit(130)
@@ -442,7 +456,7 @@ def compare(data, out, mode, segmenter, fmt, protocol, split, skip, limit, model
               help="Installed model name, or a path to a model .npz, BFM_model_front.mat or face_model.npy.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--face", "face_index", default=0, show_default=True, help="Which face to follow, by size (0 = largest).")
-@click.option("--keyframes", type=click.IntRange(1, 256), default=8, show_default=True,
+@click.option("--keyframes", type=click.IntRange(1, 256), default=6, show_default=True,
               help="Frames spread over the video that the identity is fitted on.")
 @click.option("--window", type=click.IntRange(1, 256), default=16, show_default=True,
               help="Consecutive frames fitted at once (a batch).")

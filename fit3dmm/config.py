@@ -157,9 +157,9 @@ class TrackConfig:
     the next window)."""
 
     fit: FitConfig = field(default_factory=FitConfig)
-    keyframes: int = 8
+    keyframes: int = 6
     window: int = 16
-    lookahead: int = 4
+    lookahead: int = 2
     pose_cutoff_hz: float = POSE_CUTOFF_HZ
     exp_cutoff_hz: float = EXP_CUTOFF_HZ
     stages: tuple[Stage, ...] = field(default_factory=track_stages)
