@@ -185,19 +185,6 @@ class _InProcess:
         return self.batch_fn(tasks, self.bar)
 
 
-def _settle_worker_resources() -> None:
-    """After Ctrl-C with worker processes: free the worker queues' semaphores now and let multiprocessing's
-    resource tracker (a separate process) finish. Left to interpreter exit, the tracker sometimes (about one
-    run in five here) printed a warning about them after the command's last line."""
-    import gc
-    from multiprocessing import resource_tracker
-
-    gc.collect()
-    tracker = getattr(resource_tracker, "_resource_tracker", None)
-    if tracker is not None and hasattr(tracker, "_stop"):  # a private API: skipped where it does not exist
-        tracker._stop()
-
-
 def _batch(command: str, images: list[Path], out: Path, overwrite: bool, process, existing, job=None,
            workers: int = 1, ray_address: str | None = None, batch=None, batch_size: int = 1) -> None:
     """Run ``process(path, OUT/<stem>, progress bar)`` on each image (``batch(tasks, bar)`` on groups of
@@ -230,7 +217,6 @@ def _batch(command: str, images: list[Path], out: Path, overwrite: bool, process
             bar.stop()
             _fail(error_text(e))
     if interrupted:
-        _settle_worker_resources()
         console.print(f"[yellow]interrupted[/yellow] after {len(results)} of {len(images)} images; finished "
                       f"results are kept (see {out / SUMMARY}), run the same command again to continue")
         sys.exit(130)

@@ -105,7 +105,13 @@ def test_workers_fit_every_photo_once_and_stop_on_ctrl_c(inputs, tmp_path):
         time.sleep(0.2)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130 and stderr.strip().splitlines()[-1].startswith("interrupted after")
+    assert process.returncode == 130, stderr
+    lines = stderr.strip().splitlines()
+    last = max(i for i, line in enumerate(lines) if line.startswith("interrupted after"))
+    # About one run in five, Python's multiprocessing resource tracker (a separate process, exiting after the
+    # command) prints a warning or a KeyError about the worker queues' semaphores after the last line; known
+    # noise of CPython 3.11's tracker when workers are terminated, not fit3dmm's output (closing note, issue 12).
+    assert all("resource_tracker" in line or "/mp-" in line or line.startswith(("Traceback", "  ")) for line in lines[last + 1:]), stderr
     seen = _results(out)
     assert len(seen) >= 2 and _visible(out) == set(seen) | {"summary.csv"}
     final = subprocess.run([*FIT, str(inputs), "-o", str(out), *QUICK, "--workers", "2"], capture_output=True,
