@@ -28,6 +28,12 @@ def rotation_matrix(angles: Tensor) -> Tensor:
     return rz @ ry @ rx
 
 
+def pinhole(cam_points: Tensor, focal, center) -> Tensor:
+    """(..., V, 3) camera frame -> (..., V, 2) pixels: focal * (x, y) / z + center (numbers or tensors that
+    broadcast)."""
+    return focal * cam_points[..., :2] / cam_points[..., 2:3] + center
+
+
 @dataclass(frozen=True)
 class View:
     """Per-photo pinholes of a batch of crops, in crop pixels: focal (B, 1, 1), center (B, 1, 2). A video's
@@ -58,7 +64,7 @@ class VideoCamera:
 
     def project(self, cam_points: Tensor) -> Tensor:
         """(..., V, 3) camera frame -> (..., V, 2) frame pixels."""
-        return self.focal * cam_points[..., :2] / cam_points[..., 2:3] + cam_points.new_tensor(self.center)
+        return pinhole(cam_points, self.focal, cam_points.new_tensor(self.center))
 
 
 @dataclass(frozen=True)
@@ -84,10 +90,8 @@ class Camera:
     def project(self, cam_points: Tensor, view: "View | None" = None) -> Tensor:
         """(..., V, 3) camera frame -> (..., V, 3) screen: x, y in crop pixels, z the camera depth; with the
         crops' own pinholes if ``view`` is given (video frames), else this crop camera's."""
-        z = cam_points[..., 2:3]
-        if view is None:
-            return torch.cat([self.focal * cam_points[..., :2] / z + self.center, z], dim=-1)
-        return torch.cat([view.focal * cam_points[..., :2] / z + view.center, z], dim=-1)
+        xy = pinhole(cam_points, self.focal, self.center) if view is None else pinhole(cam_points, view.focal, view.center)
+        return torch.cat([xy, cam_points[..., 2:3]], dim=-1)
 
     def depth_for_width(self, width_model: float, width_pixels: float) -> float:
         """Distance at which a model length spans the given number of pixels (rigid initialization)."""

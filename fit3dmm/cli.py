@@ -24,7 +24,7 @@ from rich.table import Table
 # torch is first imported (the commands import it lazily).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .config import ANCHOR_GRID, FULL_ITERATIONS, MODES  # noqa: E402
+from .config import ANCHOR_GRID, FULL_ITERATIONS, MODES, TrackConfig  # noqa: E402
 from .errors import Fit3dmmError, InputError, error_text  # noqa: E402
 from .losses import SEGMENTATION_LOSSES  # noqa: E402
 from .perception.segmentation import SEGMENTERS  # noqa: E402
@@ -442,9 +442,9 @@ def compare(data, out, mode, segmenter, fmt, protocol, split, skip, limit, model
               help="Installed model name, or a path to a model .npz, BFM_model_front.mat or face_model.npy.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--face", "face_index", default=0, show_default=True, help="Which face to follow, by size (0 = largest).")
-@click.option("--keyframes", type=click.IntRange(1, 256), default=6, show_default=True,
+@click.option("--keyframes", type=click.IntRange(1, 256), default=TrackConfig.keyframes, show_default=True,
               help="Frames spread over the video that the identity is fitted on.")
-@click.option("--window", type=click.IntRange(1, 256), default=16, show_default=True,
+@click.option("--window", type=click.IntRange(1, 256), default=TrackConfig.window, show_default=True,
               help="Consecutive frames fitted at once (a batch).")
 @click.option("--iterations", default=FULL_ITERATIONS, show_default=True,
               help="Iterations of the identity fit's final stage (on the keyframes).")
@@ -455,7 +455,7 @@ def track(videos, out, loss, model, device, face_index, keyframes, window, itera
     """Track the face in each VIDEO (mp4, mov, avi, webm, mkv, or a folder of frames in name order): one identity,
     per-frame expression, pose and lighting, smooth in time. Writes OUT/<stem>/ (README, "Video"): blendshapes.csv,
     landmarks.npz, params.npz, overlay.mp4, animation.glb, mesh.obj, track.json."""
-    from .config import FitConfig, TrackConfig, track_stages
+    from .config import FitConfig, track_stages
     from .files import check_output_dir
     from .pipeline import Pipeline
     from .track_outputs import holds_track, write_track

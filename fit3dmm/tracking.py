@@ -22,7 +22,7 @@ smoothing the fitted coefficients (README, "Video"), and it slowed the fit's res
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -34,7 +34,7 @@ from .config import TrackConfig, default_stages
 from .errors import NoFaceError
 from .fitting import Fitter
 from .perception.landmarks import to_ibug68
-from .pipeline import FitOutput, Pipeline
+from .pipeline import FitOutput, Pipeline, Prepared
 from .target import TargetBatch
 from .video import VideoFrame, VideoReader
 
@@ -117,6 +117,18 @@ def smooth(x: Tensor, lam: Tensor, fixed: int = 0) -> Tensor:
     return torch.cat([x[:fixed], z.to(x.dtype)])
 
 
+@dataclass
+class _Progress:
+    """What pass 3 carries from one window to the next: the last two finished frames' coefficients (held
+    fixed when the next window is smoothed; the last one is the next frame's start) and that frame's index,
+    and the look-ahead frames' targets and fits (by frame index), which the next window starts from."""
+
+    history: dict[str, Tensor] | None = None
+    last_index: int = -(10**9)
+    carry: dict[int, dict[str, Tensor]] = field(default_factory=dict)
+    prepared: dict[int, Prepared] = field(default_factory=dict)
+
+
 class Tracker:
     """Tracks the face of videos with a pipeline's models and a :class:`TrackConfig`."""
 
@@ -171,13 +183,14 @@ class Tracker:
         """Passes 2 and 3; ``on_frame`` receives every frame, in order, as soon as its window is fitted."""
         cfg, pipe = self.config, self.pipeline
         keys = self.keyframes(followed)
-        scales = [pipe.crop(followed.landmarks68[k]).scale for k in keys]
+        detected68 = followed.landmarks68
+        scales = [pipe.crop(detected68[k]).scale for k in keys]
         camera = VideoCamera.for_frames(reader.width, reader.height, float(np.median(scales)), cfg.fit.crop_size,
                                         cfg.fit.focal_ratio)
 
         # Pass 2: the identity, from the keyframes fitted together.
         images = {f.index: f.image for f in reader.frames(stop=keys[-1] + 1) if f.index in set(keys)}
-        prepared = [pipe.prepare(images[k], pipe.observe_mesh(images[k], followed.meshes[k]), camera) for k in keys]
+        prepared = [self._prepare(images[k], followed.meshes[k], camera) for k in keys]
         del images
         total = sum(stage.iterations for stage in cfg.fit.stages)
         done = [0]
@@ -195,13 +208,12 @@ class Tracker:
         T = len(followed.valid)
         out = {name: np.zeros((T, *key_fits[0].params[name].shape), np.float32) for name in FRAME_PARAMS}
         fitted68 = np.full((T, 68, 2), np.nan, np.float32)
-        state: dict = {"last": None, "history": None, "last_index": -10**9, "carry": {},
-                       "prepared": {}, "fps": reader.fps}
+        state = _Progress()
         window: list[VideoFrame] = []
 
         def flush(commit: int):
             """Fit the window, finish its first ``commit`` frames; the rest are fitted again with the next."""
-            outputs = self._fit_window(window, commit, followed, camera, fixed, gamma0, state)
+            outputs = self._fit_window(window, commit, followed, camera, fixed, gamma0, state, reader.fps)
             for frame in window[:commit]:
                 output = outputs.get(frame.index)
                 if output is not None:
@@ -227,54 +239,53 @@ class Tracker:
             fitted68[~valid] = self._project_landmarks(out, fixed, camera, ~valid)
         params = {"id": fixed["id"][0].cpu().numpy(), "albedo": fixed["albedo"][0].cpu().numpy(), **out}
         return Track(fps=reader.fps, width=reader.width, height=reader.height, times=followed.times, valid=valid,
-                     detected68=followed.landmarks68.astype(np.float32), fitted68=fitted68, params=params,
+                     detected68=detected68.astype(np.float32), fitted68=fitted68, params=params,
                      camera=camera, keyframes=keys)
 
+    def _prepare(self, image: np.ndarray, mesh: np.ndarray, camera: VideoCamera) -> Prepared:
+        """A frame's fit target from its followed mesh, its crop a view of the video's camera."""
+        return self.pipeline.prepare(image, self.pipeline.observe_mesh(image, mesh), camera)
+
     def _fit_window(self, window: list[VideoFrame], commit: int, followed: Followed, camera: VideoCamera,
-                    fixed: dict[str, Tensor], gamma0: Tensor, state: dict) -> dict[int, FitOutput]:
+                    fixed: dict[str, Tensor], gamma0: Tensor, state: _Progress, fps: float) -> dict[int, FitOutput]:
         """Fit a window's frames that have a face as one batch; the outputs of its first ``commit`` frames by
         frame index. The others (the look-ahead) keep their fits only as the next window's starting point."""
         faces = [f for f in window if followed.valid[f.index]]
         if not faces:
             return {}
-        pipe, cfg = self.pipeline, self.config
-        cache = state["prepared"]  # the look-ahead frames', from the window before
-        prepared = [cache.get(f.index) or pipe.prepare(f.image, pipe.observe_mesh(f.image, followed.meshes[f.index]),
-                                                       camera) for f in faces]
+        prepared = [state.prepared.get(f.index) or self._prepare(f.image, followed.meshes[f.index], camera)
+                    for f in faces]
         targets = [p.target for p in prepared]
         B = len(targets)
-        cold = state["last"] is None or faces[0].index - state["last_index"] > MAX_GAP
+        cold = state.history is None or faces[0].index - state.last_index > MAX_GAP
+        history = None if cold else state.history
         if cold:
             params = self.fitter.init_params(TargetBatch.stack(targets))
             params["gamma"] = gamma0.expand(B, *gamma0.shape).clone()
-            stages = (self.rigid, *cfg.stages)
+            stages = (self.rigid, *self.config.stages)
         else:
             # Each frame starts from its own fit in the previous window (look-ahead frames), else from the
             # latest fit before it.
-            starts, latest = [], state["last"]
+            starts, latest = [], {name: v[-1] for name, v in history.items()}
             for f in faces:
-                latest = state["carry"].get(f.index, latest)
+                latest = state.carry.get(f.index, latest)
                 starts.append(latest)
             params = {name: torch.stack([p[name] for p in starts]) for name in FRAME_PARAMS}
-            stages = cfg.stages
+            stages = self.config.stages
         params.update({name: value.clone() for name, value in fixed.items()})
-        history = None if cold else state["history"]
-        results = self.fitter.fit(targets, params=params, stages=stages,
-                                  finish=lambda p: self._smooth(p, history, state["fps"]))
+        results = self.fitter.fit(targets, params=params, stages=stages, finish=lambda p: self._smooth(p, history, fps))
 
-        done = [k for k, f in enumerate(faces) if f.index < window[commit - 1].index + 1]
-        state["carry"] = {f.index: {n: results[k].params[n] for n in FRAME_PARAMS}
-                          for k, f in enumerate(faces) if k not in done}
-        state["prepared"] = {f.index: prepared[k] for k, f in enumerate(faces) if k not in done}
+        done = [k for k, f in enumerate(faces) if f.index <= window[commit - 1].index]
+        state.carry = {f.index: {n: results[k].params[n] for n in FRAME_PARAMS}
+                       for k, f in enumerate(faces) if k not in done}
+        state.prepared = {f.index: prepared[k] for k, f in enumerate(faces) if k not in done}
         if done:
-            # The last two finished frames are held fixed when the next window is smoothed.
             finished = {name: torch.stack([results[k].params[name] for k in done]) for name in FRAME_PARAMS}
             if history is not None:
                 finished = {name: torch.cat([history[name], v]) for name, v in finished.items()}
-            state["history"] = {name: v[-2:] for name, v in finished.items()}
-            state["last"] = {name: results[done[-1]].params[name] for name in FRAME_PARAMS}
-            state["last_index"] = faces[done[-1]].index
-        fits = pipe.fit_outputs([prepared[k] for k in done], [results[k] for k in done], self.fitter)
+            state.history = {name: v[-2:] for name, v in finished.items()}
+            state.last_index = faces[done[-1]].index
+        fits = self.pipeline.fit_outputs([prepared[k] for k in done], [results[k] for k in done], self.fitter)
         return {faces[k].index: o for k, o in zip(done, fits)}
 
     def _smooth(self, params: dict[str, Tensor], history: dict[str, Tensor] | None, fps: float) -> None:

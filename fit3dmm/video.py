@@ -8,6 +8,7 @@ PyAV reports the stream's declared frame count and raises on corrupt data. Every
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -78,27 +79,23 @@ class VideoReader:
             raise InputError(f"{self.path}: {self.width} x {self.height} frames, more than the limit of "
                              f"{max_image_pixels():,} pixels (set FIT3DMM_MAX_IMAGE_PIXELS to raise it)")
 
+    @contextlib.contextmanager
     def _open(self):
-        import contextlib
-
+        """(container, its first video stream), closed on leaving; InputError if FFmpeg cannot read the file."""
         import av
 
-        @contextlib.contextmanager
-        def opened():
-            try:
-                container = av.open(str(self.path), "r")
-            except Exception as e:  # noqa: BLE001 - FFmpeg's errors for whatever the file holds
-                raise InputError(f"{self.path}: not a readable video ({reason(e)})") from None
-            try:
-                if not container.streams.video:
-                    raise InputError(f"{self.path}: holds no video stream")
-                stream = container.streams.video[0]
-                stream.thread_type = "AUTO"
-                yield container, stream
-            finally:
-                container.close()
-
-        return opened()
+        try:
+            container = av.open(str(self.path), "r")
+        except Exception as e:  # noqa: BLE001 - FFmpeg's errors for whatever the file holds
+            raise InputError(f"{self.path}: not a readable video ({reason(e)})") from None
+        try:
+            if not container.streams.video:
+                raise InputError(f"{self.path}: holds no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            yield container, stream
+        finally:
+            container.close()
 
     def frames(self, stop: int | None = None) -> Iterator[VideoFrame]:
         """Frames from the first, up to ``stop`` (exclusive) if given; decoding errors are InputErrors."""
