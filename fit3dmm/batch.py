@@ -25,7 +25,9 @@ from pathlib import Path
 from .config import FitConfig
 from .errors import Fit3dmmError, error_text
 from .files import read_image
+from .config import EXPORTS
 from .outputs import write_result, write_text
+from .texture import DEFAULT_SIZE
 from .pipeline import Pipeline, resolve_device
 
 STATUSES = ("done", "skipped", "failed")
@@ -58,20 +60,26 @@ class FitJob:
     """Fit one photo into its result folder: ``job(image, folder, progress=None)``. Picklable, so
     worker processes can run it; the pipeline (models) is built on first use in each process."""
 
-    def __init__(self, config: FitConfig, overwrite: bool = False):
+    def __init__(self, config: FitConfig, overwrite: bool = False, exports: tuple[str, ...] = tuple(EXPORTS),
+                 texture_size: int = DEFAULT_SIZE):
         self.config = config
         self.overwrite = overwrite
+        self.exports, self.texture_size = tuple(exports), texture_size
         self._pipeline = None
 
     def __getstate__(self) -> dict:
-        return {"config": self.config, "overwrite": self.overwrite, "_pipeline": None}
+        return {**self.__dict__, "_pipeline": None}
+
+    def _write(self, output, image: Path, folder: Path) -> None:
+        write_result(output, folder, str(image), self.overwrite, self.exports, self.texture_size)
 
     def for_worker(self, index: int) -> "FitJob":
         """This job in worker ``index``: with ``device`` auto and GPUs present, on GPU index mod count."""
         import torch
 
         if self.config.device == "auto" and torch.cuda.is_available():
-            return FitJob(self.config.with_(device=f"cuda:{index % torch.cuda.device_count()}"), self.overwrite)
+            return FitJob(self.config.with_(device=f"cuda:{index % torch.cuda.device_count()}"), self.overwrite,
+                          self.exports, self.texture_size)
         return self
 
     def pipeline(self) -> Pipeline:
@@ -81,7 +89,7 @@ class FitJob:
         return self._pipeline
 
     def __call__(self, image: Path, folder: Path, progress=None) -> None:
-        write_result(self.pipeline().fit(read_image(image), progress), folder, str(image), overwrite=self.overwrite)
+        self._write(self.pipeline().fit(read_image(image), progress), image, folder)
 
     def batch(self, tasks: list[Task], progress=None) -> Iterator[tuple[int, float, str | None]]:
         """Fit several photos as one batch into their folders, yielding (task index, seconds, None or the
@@ -110,7 +118,7 @@ class FitJob:
             image, folder = tasks[i]
             t0 = time.perf_counter()
             try:
-                write_result(output, folder, str(image), overwrite=self.overwrite)
+                self._write(output, image, folder)
                 yield i, seconds + share + time.perf_counter() - t0, None
             except (Fit3dmmError, OSError) as e:
                 yield i, seconds + share + time.perf_counter() - t0, error_text(e)

@@ -24,7 +24,7 @@ from rich.table import Table
 # torch is first imported (the commands import it lazily).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .config import ANCHOR_GRID, FULL_ITERATIONS, MODES, TrackConfig  # noqa: E402
+from .config import ANCHOR_GRID, EXPORTS, FULL_ITERATIONS, MODES, TrackConfig  # noqa: E402
 from .errors import Fit3dmmError, InputError, error_text  # noqa: E402
 from .losses import SEGMENTATION_LOSSES  # noqa: E402
 from .perception.segmentation import SEGMENTERS  # noqa: E402
@@ -97,18 +97,24 @@ def main() -> None:
 @click.option("--same-person", is_flag=True,
               help="The photos show one person: fit them together, with one identity and each its own expression, "
                    "pose and lighting.")
+@click.option("--export", "exports", default="all", show_default=True, metavar="LIST",
+              help="Comma-separated outputs to write: " + ", ".join(tuple(EXPORTS)) + " (see README, Outputs).")
+@click.option("--texture-size", type=click.IntRange(64, 8192), default=1024, show_default=True,
+              help="Side of texture.png in texels.")
 @click.option("--overwrite", is_flag=True, help="Refit photos whose result folder exists (default: skip them).")
 def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_index, iterations, anchors, batch_size,
-        workers, ray_address, same_person, overwrite) -> None:
-    """Fit each INPUT (an image, or a folder of images) and write OUT/<stem>/. Photos whose result is
-    already in OUT are skipped, so an interrupted run continues where it stopped."""
+        workers, ray_address, same_person, exports, texture_size, overwrite) -> None:
+    """Fit each INPUT (an image, or a folder of images) and write OUT/<stem>/, and OUT/index.html, a
+    gallery of the results. Photos whose result is already in OUT are skipped, so an interrupted run
+    continues where it stopped."""
     from .batch import FitJob, default_batch_size
     from .config import FitConfig
     from .files import check_output_dir, collect_images
     from .models import load_model, resolve_model
-    from .outputs import holds_fit
+    from .outputs import holds_fit, write_gallery
     from .pipeline import resolve_device
 
+    exports = _exports(exports)
     images = collect_images(list(inputs))
     if not images:
         _fail("no images found in the inputs")
@@ -125,7 +131,7 @@ def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_inde
             if not overwrite and 0 < finished < len(images):  # one identity needs the whole set
                 console.print(f"{finished} of {len(images)} photos hold a --same-person fit: fitting all together again")
                 overwrite = True
-        job = FitJob(config, overwrite)
+        job = FitJob(config, overwrite, exports, texture_size)
         batch_size = batch_size or default_batch_size(config.device)
         if workers > 1 or ray_address:  # the workers load the models; check here what can be wrong with them, once
             resolve_device(config.device)
@@ -158,7 +164,19 @@ def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_inde
             yield from job.batch(tasks, on_progress)
 
     _batch("fit", images, out, overwrite, process, lambda folder: holds_fit(folder, config),
-           job if workers > 1 or ray_address else None, workers, ray_address, process_batch, batch_size)
+           job if workers > 1 or ray_address else None, workers, ray_address, process_batch, batch_size,
+           finish=lambda: write_gallery(out))
+
+
+def _exports(text: str) -> tuple[str, ...]:
+    """--export's comma-separated list (or "all") as names of tuple(EXPORTS), or exit with the valid ones."""
+    if text.strip() == "all":
+        return tuple(EXPORTS)
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in tuple(EXPORTS)]
+    if unknown or not names:
+        _fail(f"--export: unknown output {', '.join(unknown) or '(none given)'}; choose from all, {', '.join(tuple(EXPORTS))}")
+    return names
 
 
 def _holds(folder: Path, config) -> bool:
@@ -186,7 +204,7 @@ class _InProcess:
 
 
 def _batch(command: str, images: list[Path], out: Path, overwrite: bool, process, existing, job=None,
-           workers: int = 1, ray_address: str | None = None, batch=None, batch_size: int = 1) -> None:
+           workers: int = 1, ray_address: str | None = None, batch=None, batch_size: int = 1, finish=None) -> None:
     """Run ``process(path, OUT/<stem>, progress bar)`` on each image (``batch(tasks, bar)`` on groups of
     ``batch_size``), or the picklable ``job`` in ``workers`` processes or on Ray (``fit3dmm.batch.run_batch``:
     a finished result is skipped, a failure is reported in one line and the batch goes on). A summary
@@ -216,6 +234,8 @@ def _batch(command: str, images: list[Path], out: Path, overwrite: bool, process
         except Fit3dmmError as e:  # Ray missing or unreachable
             bar.stop()
             _fail(error_text(e))
+    if finish is not None:  # e.g. the gallery: also after failures and Ctrl-C, over what is finished
+        finish()
     if interrupted:
         console.print(f"[yellow]interrupted[/yellow] after {len(results)} of {len(images)} images; finished "
                       f"results are kept (see {out / SUMMARY}), run the same command again to continue")
@@ -496,6 +516,46 @@ def track(videos, out, loss, model, device, face_index, keyframes, window, itera
             failed += 1
     if failed:
         sys.exit(1)
+
+
+@main.command("export")
+@click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--format", "formats", multiple=True, type=click.Choice(["glb", "obj", "viewer"]),
+              help="What to write (repeatable; default glb and obj): glb = mesh.glb, obj = textured/, viewer = index.html.")
+@click.option("--photo", type=click.Path(path_type=Path),
+              help="The fitted photo, if it moved since the fit (needed only when textured/texture.png is absent).")
+@click.option("--texture-size", type=click.IntRange(64, 8192), default=1024, show_default=True,
+              help="Side of a texture taken again from the photo.")
+def export_cmd(results, formats, photo, texture_size) -> None:
+    """Write a fit's mesh.glb and textured OBJ again into each RESULT folder, from its params.json (no fitting)."""
+    from .outputs import export_result
+
+    failed = 0
+    for folder in results:
+        try:
+            written = export_result(folder, formats or ("glb", "obj"), photo, texture_size)
+            console.print(f"[green]{folder}[/green]: " + ", ".join(p.name for p in written))
+        except (Fit3dmmError, OSError) as e:
+            console.print(f"[red]failed[/red] {folder}: {error_text(e)}")
+            failed += 1
+    if failed:
+        sys.exit(1)
+
+
+@main.command("retarget")
+@click.option("--identity", required=True, type=click.Path(path_type=Path), help="A fit result folder: whose face.")
+@click.option("--expression", required=True, type=click.Path(path_type=Path), help="A fit result folder: whose expression.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Folder to write.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def retarget_cmd(identity, expression, out, overwrite) -> None:
+    """IDENTITY's face with EXPRESSION's expression (both fitted with the same model), as GLB and OBJ."""
+    from .outputs import retarget
+
+    try:
+        retarget(identity, expression, out, overwrite)
+    except (Fit3dmmError, OSError) as e:
+        _fail(error_text(e))
+    console.print(f"[green]{out}[/green]: {identity.name}'s face with {expression.name}'s expression")
 
 
 @main.group()

@@ -166,3 +166,14 @@ class TrackConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+#: What ``fit --export`` may choose (default: all). params.json and landmarks.json are always written.
+EXPORTS = {
+    "mesh": "mesh.obj and mesh.ply: the fitted shape with albedo vertex colours",
+    "textured": "textured/mesh.obj, mesh.mtl, texture.png: the shape with the photo's texture",
+    "glb": "mesh.glb: textured head with one morph target per expression, set to the fitted weights",
+    "expression": "expression.json: expression name -> fitted weight",
+    "viewer": "index.html: an offline 3D viewer of mesh.glb with a slider per expression",
+    "images": "overlay.png, parts.png, fitted_labels.png, target_labels.png",
+}

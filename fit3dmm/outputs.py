@@ -12,6 +12,7 @@ import platform
 import shutil
 import tempfile
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -26,8 +27,13 @@ from .datasets import LABEL_NAMES
 from .errors import InputError
 from .models.facemodel import PART_CELEBA_IDS, PART_NAMES
 from .pipeline import FitOutput
-from .render import rasterize, vertex_normals
-from .target import OCCLUDER_IDS, CropTransform
+from .render import rasterize_region, vertex_normals
+from .config import EXPORTS
+from .export import (Head, expression_names, load_head, png_bytes, read_params, write_expression, write_head_glb,
+                     write_textured)
+from .target import FACE_SURFACE_IDS, OCCLUDER_IDS, CropTransform
+from .texture import DEFAULT_SIZE, extract_texture
+from .viewer import gallery_html, viewer_html
 
 #: Colours (RGB) of the CelebAMask-HQ part ids in parts.png.
 PART_COLOURS = {
@@ -54,17 +60,8 @@ def render_photo(output: FitOutput) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     """
     h, w = output.observation.image.shape[:2]
     model = output.model
-    screen = photo_screen(output)
-    lo = screen[:, :2].min(0).values.floor().clamp(min=0).long().tolist()
-    hi = (screen[:, :2].max(0).values.ceil() + 1).long().tolist()
-    x0, y0, x1, y1 = lo[0], lo[1], min(hi[0], w), min(hi[1], h)
-    tri = np.full((h, w), -1, dtype=np.int64)
-    bary = np.zeros((h, w, 3), dtype=np.float32)
-    if x1 > x0 and y1 > y0:
-        shifted = screen - screen.new_tensor([x0, y0, 0.0])
-        frags = rasterize(shifted[None], model.triangles, y1 - y0, x1 - x0)
-        tri[y0:y1, x0:x1] = frags.tri_id[0].cpu().numpy()
-        bary[y0:y1, x0:x1] = frags.bary[0].cpu().numpy()
+    frags = rasterize_region(photo_screen(output), model.triangles, h, w)
+    tri, bary = frags.tri_id[0].cpu().numpy(), frags.bary[0].cpu().numpy().astype(np.float32)
     res = output.result
     cam = output.camera.to_camera(res.vertices, res.params["angles"], res.params["translation"]).detach()
     normals = vertex_normals(cam[None], model.triangles)[0].cpu().numpy()
@@ -168,6 +165,21 @@ def mesh_files(output: FitOutput) -> trimesh.Trimesh:
     return trimesh.Trimesh(verts, model.triangles.cpu().numpy(), vertex_colors=colours, process=False)
 
 
+def fitted_head(output: FitOutput, normals: np.ndarray, texture_size: int = DEFAULT_SIZE) -> Head:
+    """The fitted head for export, textured from the photo where the model has UVs (``normals``: the
+    camera-frame vertex normals of :func:`render_photo`)."""
+    model, params = output.model, output.result.params
+    data = model.data
+    albedo = vertex_albedo(model, params).detach().clamp(0, 1).cpu().numpy()
+    texture = None
+    if data.has_uv:
+        occluded = ~np.isin(output.observation.labels, FACE_SURFACE_IDS)
+        texture = extract_texture(output.observation.image, photo_screen(output).cpu().numpy(), normals, data.triangles,
+                                  data.face_uv, data.uv, albedo, occluded, data.meta.get("uv_mirror"), texture_size)
+    coeffs = {k: params[k].detach().cpu().numpy().reshape(-1) for k in ("id", "exp")}
+    return Head(model, coeffs["id"], coeffs["exp"], albedo, texture)
+
+
 def params_document(output: FitOutput, source: str) -> dict:
     res, target, model = output.result, output.target, output.model
     tolist = lambda t: t.detach().cpu().numpy().round(6).tolist()  # noqa: E731
@@ -254,9 +266,7 @@ def atomic_folder(folder: str | os.PathLike, overwrite: bool):
         raise FileExistsError(f"{folder} exists (use --overwrite to replace it)")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the result private
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would make the result private
     try:
         yield tmp
         if folder.exists():
@@ -265,6 +275,12 @@ def atomic_folder(folder: str | os.PathLike, overwrite: bool):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def _write_png(path: Path, rgb_or_labels: np.ndarray) -> None:
@@ -280,6 +296,7 @@ def write_atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make the file private
     try:
         write(Path(tmp))
         os.replace(tmp, path)
@@ -297,24 +314,123 @@ def write_png(path: Path, rgb_or_labels: np.ndarray) -> None:
     write_atomic(path, lambda p: _write_png(p, rgb_or_labels))
 
 
-def write_result(output: FitOutput, folder: str | os.PathLike, source: str, overwrite: bool = False) -> Path:
-    """Write all output files of one fit into ``folder``, atomically. Raises FileExistsError if the
-    folder exists and ``overwrite`` is False."""
+def write_head(head: Head, folder: Path, exports: tuple[str, ...], title: str, images: dict[str, bytes]) -> None:
+    """A head's artist files in ``folder`` (already a temporary folder), as chosen by ``exports`` (names of
+    :data:`fit3dmm.export.EXPORTS`): textured/ (mesh.obj with vertex colours where the model has no UVs),
+    mesh.glb, expression.json, index.html (``images``: caption -> PNG shown beside the head)."""
+    if "textured" in exports:
+        if head.textured:
+            write_textured(head, folder / "textured")
+        else:  # no UVs (e.g. the BFM): the colour lives in the vertices
+            mesh = trimesh.Trimesh(head.vertices(), head.model.data.triangles, process=False,
+                                   vertex_colors=(head.albedo * 255).round().astype(np.uint8))
+            (folder / "textured").mkdir()
+            mesh.export(folder / "textured" / "mesh.obj", include_texture=False)
+    if "glb" in exports or "viewer" in exports:
+        write_head_glb(head, folder / "mesh.glb")
+        if "viewer" in exports:
+            page = viewer_html(title, (folder / "mesh.glb").read_bytes(), expression_names(head.model),
+                               head.expression.tolist(), images)
+            (folder / "index.html").write_text(page, encoding="utf-8")
+        if "glb" not in exports:
+            (folder / "mesh.glb").unlink()
+    if "expression" in exports:
+        write_expression(head, folder / "expression.json")
+
+
+def write_result(output: FitOutput, folder: str | os.PathLike, source: str, overwrite: bool = False,
+                 exports: tuple[str, ...] = tuple(EXPORTS), texture_size: int = DEFAULT_SIZE) -> Path:
+    """Write the output files of one fit into ``folder``, atomically: those ``exports`` chooses (see
+    :data:`fit3dmm.export.EXPORTS`), and always params.json and landmarks.json. Raises FileExistsError if
+    the folder exists and ``overwrite`` is False."""
     with atomic_folder(folder, overwrite) as tmp:
         tri, bary, normals = render_photo(output)
         fitted = fitted_labels(output, tri, bary)
-        mesh = mesh_files(output)
-        mesh.export(tmp / "mesh.obj", include_texture=False)
-        mesh.export(tmp / "mesh.ply")
-        _write_png(tmp / "overlay.png", shaded_overlay(output, tri, bary, normals))
-        _write_png(tmp / "parts.png", parts_panel(output, fitted))
-        _write_png(tmp / "fitted_labels.png", fitted)
-        _write_png(tmp / "target_labels.png", output.observation.labels)
+        if "mesh" in exports:
+            mesh = mesh_files(output)
+            mesh.export(tmp / "mesh.obj", include_texture=False)
+            mesh.export(tmp / "mesh.ply")
+        overlay, parts = shaded_overlay(output, tri, bary, normals), parts_panel(output, fitted)
+        if "images" in exports:
+            _write_png(tmp / "overlay.png", overlay)
+            _write_png(tmp / "parts.png", parts)
+            _write_png(tmp / "fitted_labels.png", fitted)
+            _write_png(tmp / "target_labels.png", output.observation.labels)
+        if {"textured", "glb", "expression", "viewer"} & set(exports):
+            write_head(fitted_head(output, normals, texture_size), tmp, exports, Path(source).name,
+                       {"overlay": png_bytes(overlay), "parts: target | fitted": png_bytes(parts)})
         crop = output.target.crop
         landmarks = {
             "detected_68": output.observation.landmarks68.round(3).tolist(),
             "fitted_68": crop.to_photo(output.result.landmarks68.detach().cpu().numpy()).round(3).tolist(),
         }
         (tmp / "landmarks.json").write_text(json.dumps(landmarks))
-        (tmp / "params.json").write_text(json.dumps(params_document(output, source), indent=1))
+        doc = {**params_document(output, source), "exports": list(exports), "texture_size": texture_size}
+        (tmp / "params.json").write_text(json.dumps(doc, indent=1))
     return Path(folder)
+
+
+def write_gallery(out: str | os.PathLike) -> Path | None:
+    """``out``/index.html, a gallery of the fit results in ``out`` (folders holding params.json), atomically;
+    None if there are none."""
+    out = Path(out)
+    folders = sorted(p.parent for p in out.glob("*/params.json") if not p.parent.name.startswith("."))
+    if not folders:
+        return None
+    write_text(out / "index.html", gallery_html(folders, out))
+    return out / "index.html"
+
+
+#: ``fit3dmm export --format``: each format and the exports (EXPORTS names) it writes.
+EXPORT_FORMATS = {"glb": ("glb",), "obj": ("textured",), "viewer": ("viewer",)}
+
+
+def _images(folder: Path) -> dict[str, bytes]:
+    """The viewer's pictures of a result folder (those present)."""
+    return {caption: (folder / name).read_bytes() for caption, name in
+            (("overlay", "overlay.png"), ("parts: target | fitted", "parts.png")) if (folder / name).is_file()}
+
+
+def export_result(folder: str | os.PathLike, formats: tuple[str, ...], photo: str | os.PathLike | None = None,
+                  texture_size: int = DEFAULT_SIZE) -> list[Path]:
+    """Write ``formats`` (keys of :data:`EXPORT_FORMATS`) of a fit result folder again from its params.json,
+    without fitting (:func:`fit3dmm.export.load_head`); each file or folder replaced atomically. Returns
+    what was written."""
+    folder = Path(folder)
+    head = load_head(folder, photo=photo, texture_size=texture_size)
+    exports = tuple(e for f in formats for e in EXPORT_FORMATS[f])
+    written = []
+    tmp = Path(tempfile.mkdtemp(prefix=".export.", dir=folder))  # built aside, then moved in one by one
+    try:
+        write_head(head, tmp, exports, Path(str(read_params(folder).get("image", folder.name))).name, _images(folder))
+        for item in sorted(tmp.iterdir()):
+            target = folder / item.name
+            if item.is_dir() and target.exists():
+                shutil.rmtree(target)
+            os.replace(item, target)
+            written.append(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return written
+
+
+def retarget(identity: str | os.PathLike, expression: str | os.PathLike, out: str | os.PathLike,
+             overwrite: bool = False, texture_size: int = DEFAULT_SIZE) -> Path:
+    """``out``/: the head of the fit in ``identity`` (shape and texture) with the expression of the fit in
+    ``expression`` (same model): textured/, mesh.glb, expression.json, index.html and retarget.json."""
+    identity, expression = Path(identity), Path(expression)
+    source = read_params(expression)
+    head = load_head(identity, texture_size=texture_size)
+    if source["model"]["name"] != head.model.name:
+        raise InputError(f"{expression} was fitted with model '{source['model']['name']}' and {identity} with "
+                         f"'{head.model.name}': retarget needs one model")
+    weights = np.asarray(source["coefficients"]["exp"], np.float32).reshape(-1)
+    if weights.shape != head.expression.shape:
+        raise InputError(f"{expression}: its expression does not fit model '{head.model.name}'")
+    head = replace(head, expression=weights)
+    with atomic_folder(out, overwrite) as tmp:
+        write_head(head, tmp, ("textured", "glb", "expression", "viewer"), f"{identity.name} with {expression.name}'s "
+                   "expression", {})
+        (tmp / "retarget.json").write_text(json.dumps({"identity": str(identity), "expression": str(expression),
+                                                        "model": head.model.name, "fit3dmm": __version__}, indent=1))
+    return Path(out)

@@ -17,6 +17,9 @@ from .models.facemodel import PART_CELEBA_IDS, PART_NAMES
 
 #: CelebAMask-HQ ids that hide the face surface: PRDL drops model points projecting onto them.
 OCCLUDER_IDS = (3, 13, 14)  # eyeglasses, hair, hat
+#: What the head mesh may show in a photo: skin, nose, eyes, brows, ears, mouth, lips, neck (not background,
+#: glasses, hair, hat, earrings, necklace or cloth).
+FACE_SURFACE_IDS = (1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 17)
 BROW_IDS = (6, 7)
 
 

@@ -18,18 +18,13 @@ import trimesh
 from . import __version__
 from .appearance import vertex_albedo
 from .camera import rotation_matrix
+from .export import expression_names, units_per_metre
 from .gltf import Animation, write_glb
 from .outputs import atomic_folder, render_photo, shaded_overlay
 from .tracking import Followed, Track, TrackedFrame, Tracker, TrackProgress
 from .video import H264Writer, VideoReader
 
 FILES = ("blendshapes.csv", "landmarks.npz", "params.npz", "overlay.mp4", "animation.glb", "mesh.obj", "track.json")
-
-
-def expression_names(model) -> list[str]:
-    """The model's expression names (ICT-FaceKit's are ARKit's blendshape names), else exp00, exp01, ..."""
-    names = model.data.meta.get("expression_names")
-    return [str(n) for n in names] if names and len(names) == model.n_exp else [f"exp{k:02d}" for k in range(model.n_exp)]
 
 
 def overlay_frame(tracked: TrackedFrame) -> np.ndarray:
@@ -78,10 +73,10 @@ def write_track(tracker: Tracker, reader: VideoReader, followed: Followed, folde
         colours = np.concatenate([albedo * 255, np.full((len(albedo), 1), 255)], 1).round().astype(np.uint8)
         trimesh.Trimesh(neutral, triangles, vertex_colors=colours, process=False).export(tmp / "mesh.obj",
                                                                                         include_texture=False)
-        units = {"cm": 100.0, "mm": 1000.0, "m": 1.0}.get(model.data.meta.get("units", "cm"), 100.0)
-        write_glb(tmp / "animation.glb", neutral, triangles, albedo, model.data.exp_basis, names, units,
-                  Animation(track.times, track.params["exp"], rotation, track.params["translation"]),
-                  {"yfov": float(2 * np.arctan(track.height / 2 / cam.focal)), "aspect": track.width / track.height})
+        write_glb(tmp / "animation.glb", neutral, triangles, model.data.exp_basis, names, units_per_metre(model),
+                  colours=albedo,
+                  animation=Animation(track.times, track.params["exp"], rotation, track.params["translation"]),
+                  camera={"yfov": float(2 * np.arctan(track.height / 2 / cam.focal)), "aspect": track.width / track.height})
         (tmp / "track.json").write_text(json.dumps({
             "video": str(reader.path), "frames": T, "frames_with_face": int(track.valid.sum()), "fps": track.fps,
             "keyframes": track.keyframes, "detector_runs": followed.detections,

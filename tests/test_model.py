@@ -85,10 +85,13 @@ def test_module_maps_coefficients_to_vertices(ict):
     assert torch.allclose(batch[2], m(torch.zeros_like(ident), 2 * expr))
 
 
-def _write_obj(path, verts, faces=None):
+def _write_obj(path, verts, faces=None, uv=None, face_uv=None):
     lines = [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in verts]
-    if faces is not None:
-        lines += ["f " + " ".join(f"{i + 1}/{i + 1}" for i in f if i >= 0) for f in faces]
+    if uv is not None:
+        lines += [f"vt {u:.6f} {v:.6f}" for u, v in uv]
+        lines += ["f " + " ".join(f"{i + 1}/{t + 1}" for i, t in zip(f, ft) if i >= 0) for f, ft in zip(faces, face_uv)]
+    elif faces is not None:
+        lines += ["f " + " ".join(f"{i + 1}" for i in f if i >= 0) for f in faces]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -97,7 +100,7 @@ def test_import_upstream_folder_layout(tmp_path, raw, ict_npz):
     folder = tmp_path / "ICT-FaceKit" / "FaceXModel"
     folder.mkdir(parents=True)
     (folder / "vertex_indices.json").write_text((ict_npz.parent / "vertex_indices.json").read_text())
-    _write_obj(folder / "generic_neutral_mesh.obj", raw["neutral"], raw["faces"])
+    _write_obj(folder / "generic_neutral_mesh.obj", raw["neutral"], raw["faces"], raw["uv"], raw["face_uv"])
     for i in range(2):
         _write_obj(folder / f"identity{i:03d}.obj", raw["identity"][i])
     for name, mesh in zip(raw["expression_names"], raw["expression"]):
@@ -109,6 +112,30 @@ def test_import_upstream_folder_layout(tmp_path, raw, ict_npz):
     assert np.array_equal(got.triangles, ref.triangles)
     assert np.allclose(got.exp_basis, ref.exp_basis, atol=1e-4)
     assert np.allclose(got.id_basis, ref.id_basis[:2], atol=1e-4)
+    assert np.array_equal(got.face_uv, ref.face_uv) and np.allclose(got.uv, ref.uv, atol=1e-5)
+
+
+def test_import_packs_the_uv_layout_into_one_atlas(raw, ict_npz):
+    """Face and eyeballs get disjoint texture regions (ICT lays each over the whole square); every corner
+    of a kept triangle keeps its upstream texture coordinate, moved into its region; an OBJ without
+    texture coordinates imports without UVs."""
+    from fit3dmm.models.ict import UV_ATLAS
+
+    data = import_ict(ict_npz)
+    assert data.has_uv and data.face_uv.shape == data.triangles.shape
+    n_face = data.meta["regions"]["face"][1]
+    for region, rows in (("face", data.triangles.max(1) < n_face), ("eyeballs", data.triangles.min(1) >= n_face)):
+        uv = data.uv[np.unique(data.face_uv[rows])]
+        if region == "face":
+            u0, v0, su, sv = UV_ATLAS["face"]
+            assert uv[:, 1].max() <= v0 + sv + 1e-6
+        else:
+            assert uv[:, 1].min() >= UV_ATLAS["left_eyeball"][1] - 1e-6
+            assert uv[:, 0].max() <= UV_ATLAS["right_eyeball"][0] + UV_ATLAS["right_eyeball"][2] + 1e-6
+    # A face-region corner's coordinate is the upstream one squeezed into the face's rectangle.
+    corner_vertex, corner_uv = data.triangles[0, 0], data.uv[data.face_uv[0, 0]]
+    upstream = raw["uv"][raw["face_uv"][raw["faces"] == corner_vertex][0]]
+    assert np.allclose(corner_uv, [upstream[0], upstream[1] * UV_ATLAS["face"][3]], atol=1e-6)
 
 
 def test_import_rejects_incomplete_folder(tmp_path):

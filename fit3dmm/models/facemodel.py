@@ -26,6 +26,10 @@ lid_margins          (4, L) i32       optional, for models with separate eyeball
 mean_texture         (V, 3) f32       optional: a fixed colour per vertex in [0, 1] (the mean photo
                                       colour under it, from ``model annotate``), for renders that
                                       must not depend on the photo (``eval --protocol paper``)
+uv                   (T, 2) f32       optional: texture coordinates in [0, 1], OBJ convention
+                                      (origin bottom left, v up); with face_uv
+face_uv              (F, 3) i32       per triangle corner, its row of ``uv`` (a vertex on a UV
+                                      seam has several); models without them export vertex colours
 ==================== ================ ==========================================================
 """
 
@@ -82,11 +86,17 @@ class ModelData:
     albedo_basis: np.ndarray | None = None
     lid_margins: np.ndarray | None = None
     mean_texture: np.ndarray | None = None
+    uv: np.ndarray | None = None
+    face_uv: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
 
     @property
     def n_vertices(self) -> int:
         return self.mean.shape[0]
+
+    @property
+    def has_uv(self) -> bool:
+        return self.uv is not None
 
     @property
     def has_parts(self) -> bool:
@@ -102,10 +112,12 @@ class ModelData:
 
         arrays = {k: getattr(self, k) for k in ("mean", "id_basis", "exp_basis", "albedo_mean", "albedo_basis",
                                                  "triangles", "landmarks68", "contour", "parts", "skin_subset",
-                                                 "lid_margins", "mean_texture")}
+                                                 "lid_margins", "mean_texture", "uv", "face_uv")}
         for name, a in arrays.items():
             need(a is None or (isinstance(a, np.ndarray) and a.dtype.kind in "fiu"), f"{name} must be a numeric array")
         need((self.albedo_mean is None) == (self.albedo_basis is None), "albedo_mean and albedo_basis go together")
+        need((self.uv is None) == (self.face_uv is None), "uv and face_uv go together")
+        need(self.uv is None or (self.uv.ndim == 2 and self.uv.shape[1] == 2 and len(self.uv) > 0), "uv must be (T, 2)")
         need(self.mean.ndim == 2 and self.mean.shape[1] == 3 and len(self.mean) > 0, "mean must be (V, 3)")
         v = len(self.mean)
         for name in ("id_basis", "exp_basis", "albedo_basis"):
@@ -113,10 +125,11 @@ class ModelData:
             need(a is None or (a.ndim == 3 and a.shape[1:] == (v, 3)), f"{name} must be (K, V, 3) with V = {v}")
         need(self.albedo_mean is None or self.albedo_mean.shape == (v, 3), "albedo_mean must be (V, 3)")
         need(self.mean_texture is None or self.mean_texture.shape == (v, 3), "mean_texture must be (V, 3)")
-        for name in ("mean", "id_basis", "exp_basis", "albedo_mean", "albedo_basis", "mean_texture"):
+        for name in ("mean", "id_basis", "exp_basis", "albedo_mean", "albedo_basis", "mean_texture", "uv"):
             need(arrays[name] is None or bool(np.isfinite(arrays[name]).all()), f"{name} has NaN or infinite values")
         need(self.triangles.ndim == 2 and self.triangles.shape[1] == 3 and len(self.triangles) > 0,
              "triangles must be (F, 3)")
+        need(self.face_uv is None or self.face_uv.shape == self.triangles.shape, "face_uv must be (F, 3) like triangles")
         need(self.landmarks68.shape == (68,), "landmarks68 must be (68,)")
         need(self.contour.ndim == 2 and self.contour.shape[0] == 17, "contour must be (17, L)")
         need(self.parts.shape == (v,), "parts must be (V,)")
@@ -129,7 +142,8 @@ class ModelData:
                              and all(isinstance(x, (int, float)) for x in rng) and rng[0] < rng[1]),
              "meta's expression_range must be [low, high]")
         for name, low, high in (("triangles", 0, v), ("landmarks68", 0, v), ("contour", -1, v),
-                                ("parts", -1, len(PART_NAMES)), ("skin_subset", 0, v), ("lid_margins", -1, v)):
+                                ("parts", -1, len(PART_NAMES)), ("skin_subset", 0, v), ("lid_margins", -1, v),
+                                ("face_uv", 0, 0 if self.uv is None else len(self.uv))):
             a = arrays[name]
             need(a is None or a.size == 0 or (low <= a.min() and a.max() < high), f"{name} has values outside {low}..{high - 1}")
 
@@ -158,6 +172,9 @@ def save_model(data: ModelData, path: str | os.PathLike) -> Path:
         arrays["lid_margins"] = data.lid_margins.astype(np.int32)
     if data.mean_texture is not None:
         arrays["mean_texture"] = data.mean_texture.astype(np.float32)
+    if data.uv is not None:
+        arrays["uv"] = data.uv.astype(np.float32)
+        arrays["face_uv"] = data.face_uv.astype(np.int32)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -190,6 +207,7 @@ def load_native(path: str | os.PathLike) -> ModelData:
             albedo_mean=z.get("albedo_mean"), albedo_basis=z.get("albedo_basis"), meta=meta,
             lid_margins=z["lid_margins"].astype(np.int64) if "lid_margins" in z else None,
             mean_texture=z.get("mean_texture"),
+            uv=z.get("uv"), face_uv=z["face_uv"].astype(np.int64) if "face_uv" in z else None,
         )
     except (ValueError, TypeError) as e:  # non-numeric arrays, malformed meta
         raise ModelError(f"{path}: malformed face model ({reason(e)})") from None

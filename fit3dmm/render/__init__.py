@@ -1,6 +1,7 @@
 """Rasterization, interpolation, visibility and SH shading (CPU or GPU, whatever the inputs are on)."""
 
-from .rasterizer import EDGE_EPS, Fragments, interpolate, point_visibility, rasterize, vertex_normals, vertex_visibility
+from .rasterizer import (EDGE_EPS, Fragments, interpolate, point_visibility, rasterize, rasterize_region,
+                         vertex_normals, vertex_visibility)
 from .shading import SH_COEFFS, render_image, sh_basis, shade
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "interpolate",
     "point_visibility",
     "rasterize",
+    "rasterize_region",
     "render_image",
     "sh_basis",
     "shade",

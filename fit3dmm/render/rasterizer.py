@@ -205,6 +205,23 @@ def rasterize(screen: Tensor, faces: Tensor, height: int, width: int) -> Fragmen
         return Fragments(local.view(B, height, width), zbuf.view(B, height, width), bary.view(B, height, width, 3))
 
 
+
+def rasterize_region(screen: Tensor, faces: Tensor, height: int, width: int) -> Fragments:
+    """:func:`rasterize` of one mesh (screen (V, 3)) into a large image, done only over the mesh's
+    bounding box (a face covers a small part of a photo). Returns (1, H, W) fragments."""
+    lo = screen[:, :2].min(0).values.floor().clamp(min=0).long().tolist()
+    hi = (screen[:, :2].max(0).values.ceil() + 1).long().tolist()
+    x0, y0, x1, y1 = lo[0], lo[1], min(hi[0], width), min(hi[1], height)
+    out = Fragments(torch.full((1, height, width), -1, dtype=torch.long, device=screen.device),
+                    torch.full((1, height, width), float("inf"), dtype=screen.dtype, device=screen.device),
+                    screen.new_zeros(1, height, width, 3))
+    if x1 > x0 and y1 > y0:
+        frags = rasterize((screen - screen.new_tensor([x0, y0, 0.0]))[None], faces, y1 - y0, x1 - x0)
+        out.tri_id[:, y0:y1, x0:x1] = frags.tri_id
+        out.zbuf[:, y0:y1, x0:x1] = frags.zbuf
+        out.bary[:, y0:y1, x0:x1] = frags.bary
+    return out
+
 def _rasterize(coords: Tensor, corners: Tensor, top: Tensor, height: int, width: int, n_images: int) -> tuple:
     """:func:`rasterize` of the stacked image: coords (3, N) rows of the stacked vertices, corners (3, T),
     top (T,) the first row of each triangle's own image (its rows are top .. top + height - 1).

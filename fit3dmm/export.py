@@ -1,0 +1,181 @@
+"""Artist-ready files of a fitted head (README, "Outputs"): a textured OBJ, a GLB whose morph targets are
+the model's expressions under their ARKit names, and the expression weights.
+
+A :class:`Head` is what these need: a model, an identity, expression weights and colour (a texture over
+the model's UVs, else per-vertex albedo: models without UVs, such as the BFM, export vertex colours).
+It comes from a fit (:func:`fit3dmm.outputs.fitted_head`) or from a result folder (:func:`load_head`,
+for ``fit3dmm export`` and ``retarget``), never from fitting again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import trimesh
+from PIL import Image
+
+from .camera import Camera
+from .errors import InputError
+from .files import read_image, reason
+from .gltf import write_glb
+from .models import FaceModel, load_model, resolve_model
+from .render import vertex_normals
+from .target import FACE_SURFACE_IDS
+from .texture import DEFAULT_SIZE, extract_texture, split_seams
+
+_UNITS_PER_METRE = {"m": 1.0, "cm": 100.0, "mm": 1000.0}
+
+
+def units_per_metre(model: FaceModel) -> float:
+    return _UNITS_PER_METRE.get(model.data.meta.get("units", "cm"), 100.0)
+
+
+def expression_names(model: FaceModel) -> list[str]:
+    """The model's expression names (ICT-FaceKit's are ARKit's blendshape names), else exp00, exp01, ..."""
+    names = model.data.meta.get("expression_names")
+    return [str(n) for n in names] if names and len(names) == model.n_exp else [f"exp{k:02d}" for k in range(model.n_exp)]
+
+
+@dataclass(frozen=True)
+class Head:
+    """A head to export, in the model frame and units (pose not applied)."""
+
+    model: FaceModel
+    identity: np.ndarray  # (Ki,) identity coefficients
+    expression: np.ndarray  # (Ke,) expression weights
+    albedo: np.ndarray  # (V, 3) per-vertex colour in [0, 1]
+    texture: np.ndarray | None = None  # (S, S, 3) RGB uint8 over the model's UVs
+
+    def vertices(self, with_expression: bool = True) -> np.ndarray:
+        """(V, 3) the shape, neutral or with the expression."""
+        model = self.model
+        dev = model.mean.device
+        exp = self.expression if with_expression else np.zeros(model.n_exp)
+        with torch.no_grad():
+            out = model(torch.as_tensor(self.identity, dtype=torch.float32, device=dev)[None],
+                        torch.as_tensor(exp, dtype=torch.float32, device=dev)[None])
+        return out[0].cpu().numpy()
+
+    @property
+    def textured(self) -> bool:
+        return self.texture is not None and self.model.data.has_uv
+
+    def expression_weights(self) -> dict[str, float]:
+        return {name: round(float(w), 5) for name, w in zip(expression_names(self.model), self.expression)}
+
+
+def write_expression(head: Head, path: Path) -> None:
+    Path(path).write_text(json.dumps(head.expression_weights(), indent=1))
+
+
+def write_textured(head: Head, folder: Path) -> None:
+    """``folder``/mesh.obj (with normals and UVs, the model's units), mesh.mtl and texture.png."""
+    data = head.model.data
+    split = split_seams(data.triangles, data.face_uv, data.uv)
+    material = trimesh.visual.material.SimpleMaterial(image=Image.fromarray(head.texture), name="texture",
+                                                      diffuse=(255, 255, 255, 255), ambient=(255, 255, 255, 255),
+                                                      specular=(20, 20, 20, 255))
+    normals = trimesh.Trimesh(head.vertices(), data.triangles, process=False).vertex_normals[split.vertex]
+    mesh = trimesh.Trimesh(head.vertices()[split.vertex], split.triangles, vertex_normals=normals, process=False,
+                           visual=trimesh.visual.TextureVisuals(uv=split.uv, material=material))
+    text, files = trimesh.exchange.obj.export_obj(mesh, include_normals=True, include_texture=True,
+                                                  return_texture=True, mtl_name="mesh.mtl")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "mesh.obj").write_text(text)
+    for name, content in files.items():
+        (folder / name).write_bytes(content)
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError("cannot encode PNG")
+    return data.tobytes()
+
+
+def write_head_glb(head: Head, path: Path) -> None:
+    """mesh.glb: the neutral head with one morph target per expression (the model's expression modes, named
+    in ``mesh.extras.targetNames``), default weights the head's, so it opens showing its expression."""
+    model, data = head.model, head.model.data
+    textured = head.textured
+    write_glb(path, head.vertices(with_expression=False), data.triangles, data.exp_basis, expression_names(model),
+              units_per_metre(model), colours=None if textured else head.albedo, weights=head.expression,
+              uv_mesh=split_seams(data.triangles, data.face_uv, data.uv) if textured else None,
+              texture_png=png_bytes(head.texture) if textured else None)
+
+
+def read_params(folder: Path) -> dict:
+    """A result folder's params.json, or InputError in words."""
+    path = Path(folder) / "params.json"
+    if not path.is_file():
+        raise InputError(f"{folder} holds no fit3dmm result (params.json missing)")
+    try:
+        doc = json.loads(path.read_text())
+        doc["coefficients"]["id"], doc["coefficients"]["exp"], doc["model"]["name"]  # noqa: B018
+        return doc
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{path} is unreadable: {reason(e)}") from None
+
+
+def load_head(folder: Path, model: FaceModel | None = None, photo: Path | None = None,
+              texture_size: int = DEFAULT_SIZE) -> Head:
+    """The head of a result folder, without fitting again: shape and expression from params.json, albedo
+    from mesh.ply's vertex colours (the model's mean texture if absent), and the texture from
+    textured/texture.png, else taken again from the photo (``photo``, else the one params.json names) with
+    the pose and camera of params.json and the occluders of target_labels.png."""
+    folder = Path(folder)
+    doc = read_params(folder)
+    if model is None:
+        model = FaceModel(load_model(resolve_model(doc["model"]["name"])))
+    coeffs = doc["coefficients"]
+    identity, expression = np.asarray(coeffs["id"], np.float32), np.asarray(coeffs["exp"], np.float32)
+    identity, expression = identity.reshape(-1), expression.reshape(-1)
+    if identity.shape != (model.n_id,) or expression.shape != (model.n_exp,):
+        raise InputError(f"{folder}: its coefficients do not fit model '{model.name}'")
+    n = model.data.n_vertices
+    albedo = model.data.mean_texture if model.data.mean_texture is not None else np.full((n, 3), 0.6, np.float32)
+    ply = folder / "mesh.ply"
+    if ply.is_file():
+        colours = np.asarray(trimesh.load(ply, process=False).visual.vertex_colors)[:, :3]
+        if len(colours) == n:
+            albedo = colours.astype(np.float32) / 255
+    head = Head(model, identity, expression, albedo)
+    if not model.data.has_uv:
+        return head
+    saved = folder / "textured" / "texture.png"
+    if saved.is_file():
+        return replace(head, texture=read_image(saved))
+    source = Path(photo) if photo is not None else Path(doc.get("image", ""))
+    if not source.is_file():
+        raise InputError(f"{folder}: the photo {source} is gone and no textured/texture.png is there "
+                         "(--photo names where the photo is now)")
+    image = read_image(source)
+    labels_path = folder / "target_labels.png"
+    labels = cv2.imread(str(labels_path), cv2.IMREAD_UNCHANGED) if labels_path.is_file() else None
+    cam = doc["camera"]
+    vertices = head.vertices()
+    screen = photo_screen_from(vertices, cam)
+    normals = vertex_normals(_to_camera(vertices, cam)[None], model.triangles)[0].numpy()
+    occluded = None if labels is None or labels.shape != image.shape[:2] else ~np.isin(labels, FACE_SURFACE_IDS)
+    texture = extract_texture(image, screen, normals, model.data.triangles, model.data.face_uv, model.data.uv,
+                              albedo, occluded, model.data.meta.get("uv_mirror"), texture_size)
+    return replace(head, texture=texture)
+
+
+def _to_camera(vertices: np.ndarray, cam: dict) -> torch.Tensor:
+    camera = Camera(float(cam["focal_px_crop"]), int(cam["crop_size"]))
+    return camera.to_camera(torch.as_tensor(vertices), torch.tensor(cam["angles_rad_pitch_yaw_roll"]).reshape(3),
+                            torch.tensor(cam["translation"]).reshape(3))
+
+
+def photo_screen_from(vertices: np.ndarray, cam: dict) -> np.ndarray:
+    """(V, 3) photo pixels and depth of model-frame ``vertices`` under params.json's camera block."""
+    camera = Camera(float(cam["focal_px_crop"]), int(cam["crop_size"]))
+    crop = camera.project(_to_camera(vertices, cam)).numpy()
+    scale, offset = float(cam["crop_from_photo"]["scale"]), np.asarray(cam["crop_from_photo"]["offset"], np.float32)
+    return np.concatenate([(crop[:, :2] - offset) / scale, crop[:, 2:]], 1)
