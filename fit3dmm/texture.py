@@ -113,7 +113,7 @@ def extract_texture(photo: np.ndarray, screen: np.ndarray, normals: np.ndarray, 
     zbuf = rasterize_region(torch.as_tensor(screen, dtype=torch.float32), torch.as_tensor(triangles), h, w).zbuf[0].numpy()
     seen_depth = cv2.remap(np.minimum(zbuf, 1e9), mapx, mapy, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
                            borderValue=-1.0)  # outside the photo: nothing passes the test below
-    visible = covered & (depth <= seen_depth + DEPTH_SLACK * float(np.ptp(screen[:, 2])))
+    visible = covered & (depth <= seen_depth * (1 + 1e-5) + DEPTH_SLACK * float(np.ptp(screen[:, 2])))
     if occluded is not None:
         visible &= cv2.remap(occluded.astype(np.uint8), mapx, mapy, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
                              borderValue=1) == 0
