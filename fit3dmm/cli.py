@@ -135,11 +135,15 @@ def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_inde
         batch_size = batch_size or default_batch_size(config.device)
         if workers > 1 or ray_address:  # the workers load the models; check here what can be wrong with them, once
             resolve_device(config.device)
-            load_model(resolve_model(config.model))
+            model_data = load_model(resolve_model(config.model))
         else:
-            job.pipeline()
+            model_data = job.pipeline().model.data
     except (Fit3dmmError, ValueError) as e:
         _fail(error_text(e))
+    if not model_data.has_uv and {"textured", "glb", "viewer"} & set(exports):
+        console.print(f"note: model '{config.model}' has no UVs, so heads carry vertex colours, not a texture"
+                      + (" (`fit3dmm model import-ict` again gives it ICT's UVs)" if model_data.meta.get("source", "")
+                         .startswith("ICT") else ""))
 
     @contextmanager
     def stage_bar(label, bar):

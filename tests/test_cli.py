@@ -34,7 +34,8 @@ def test_batch_goes_on_after_failures_and_exits_non_zero(batch):
     assert "Traceback" not in result.output
     assert "notes.jpg" in result.output and "not a readable image" in result.output
     assert "grey.png" in result.output and "no face" in result.output
-    assert sorted(p.name for p in out.iterdir()) == ["lenna", "summary.csv"]  # nothing half-written, no temporaries
+    # Nothing half-written, no temporaries; the gallery lists what was finished.
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", "lenna", "summary.csv"]
     with open(out / "summary.csv", newline="") as f:
         rows = {Path(r["image"]).name: r for r in csv.DictReader(f)}
     assert {name: r["status"] for name, r in rows.items()} == {"grey.png": "failed", PHOTO: "done", "notes.jpg": "failed"}

@@ -5,10 +5,7 @@ photos from the shared folder."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,30 +16,10 @@ from click.testing import CliRunner
 from fit3dmm.cli import main
 from fit3dmm.gltf import accessor_array, read_glb, write_glb
 from fit3dmm.texture import extract_texture, split_seams
+from tools import missing, validate_glb
 
-REPO = Path(__file__).resolve().parents[1]
 PHOTO = "photos/000050.jpg"
 EXPRESSION_PHOTO = "expressions/3ddfa_v3_1.jpg"
-VALIDATOR = REPO / ".tools" / "node_modules" / "gltf-validator"
-
-
-def _missing(what: str) -> None:
-    """Skip a test whose tool is absent, except under `make test` (FIT3DMM_BROWSER_TESTS=require), which
-    installs the tools: there a missing tool is a failure."""
-    message = f"{what} is not installed (`make test` installs it)"
-    if os.environ.get("FIT3DMM_BROWSER_TESTS") == "require":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def validate_glb(path: Path) -> dict:
-    """The Khronos glTF validator's report on a .glb."""
-    if not VALIDATOR.is_dir() or shutil.which("node") is None:
-        _missing("the npm package gltf-validator")
-    run = subprocess.run(["node", str(REPO / "tests" / "validate_gltf.js"), str(path)], capture_output=True, text=True,
-                         env={**os.environ, "NODE_PATH": str(VALIDATOR.parent)}, timeout=120)
-    assert run.returncode == 0, run.stderr
-    return json.loads(run.stdout)
 
 
 # --- maths on synthetic cases -------------------------------------------------------------------------
@@ -207,10 +184,10 @@ def test_viewer_renders_offline_and_its_sliders_morph_the_head(results):
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        _missing("playwright (the test extra)")
+        missing("playwright (the test extra)")
     chromium = shutil.which("chromium")
     if chromium is None:
-        _missing("Debian's chromium")
+        missing("Debian's chromium")
     page_file = results / "000050" / "index.html"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=[

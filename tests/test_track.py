@@ -16,6 +16,7 @@ import trimesh
 
 from fit3dmm.errors import InputError
 from fit3dmm.gltf import accessor_array, read_glb
+from tools import validate_glb
 from fit3dmm.tracking import smooth, smoothing_weight
 from fit3dmm.video import H264Writer, VideoReader
 
@@ -137,6 +138,9 @@ def test_track_a_clip_with_faceless_frames(shared_dir, tmp_path, ict_model):
     assert np.allclose(np.linalg.norm(quats, axis=1), 1, atol=1e-5)
     positions = accessor_array(doc, binary, primitive["attributes"]["POSITION"])
     assert 0.1 < np.ptp(positions[:, 1]) < 0.5  # a head in metres
+    report = validate_glb(result / "animation.glb")
+    assert report["issues"]["numErrors"] == 0, report["issues"]["messages"][:5]
+    assert report["info"]["animationCount"] == 1
 
     mesh = trimesh.load(result / "mesh.obj", process=False)
     assert len(mesh.vertices) == ict_model.n_vertices
