@@ -3,8 +3,8 @@
 Hand-written because trimesh, the project's mesh library, writes neither morph targets nor animations;
 the format is small (one JSON chunk and one binary chunk, spec: registry.khronos.org/glTF). Morph targets
 are sparse accessors holding only the vertices a blendshape moves (by more than :data:`MORPH_EPS_M`):
-ICT's 53 move 40% of the face's vertices on average, so this is 2.5x smaller than dense targets. Units are
-metres and the axes glTF's (+y up, the viewer on +z): the model frame's axes already (x the subject's
+ICT's 53 move 30% of the head's (seam-split) vertices on average, so this is 2.8x smaller than dense
+targets. Units are metres and the axes glTF's (+y up, the viewer on +z): the model frame's axes already (x the subject's
 left, y up, z out of the face), so only its units change. The camera frame (OpenCV's: y down, z forward)
 maps to glTF's by F = diag(1, -1, -1), the same flip as the model's.
 """
