@@ -66,7 +66,7 @@ def test_fit_batch_size_fails_a_bad_photo_alone(shared_dir, tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert "broken.jpg" in run.stderr
-    assert sorted(p.name for p in out.iterdir()) == sorted(["summary.csv", *(p.stem for p in photos.iterdir() if p.stem != "broken")])
+    assert sorted(p.name for p in out.iterdir()) == sorted(["summary.csv", "index.html", *(p.stem for p in photos.iterdir() if p.stem != "broken")])
 
 
 def _frames(video: Path, folder: Path, count: int = 3) -> Path:

@@ -64,7 +64,7 @@ def test_killed_batch_resumes_fitting_each_photo_once(inputs, tmp_path):
         assert all(results[stem] == identity for stem, identity in seen.items()), "a finished photo was fitted again"
         seen = results
         # Only whole results (and the summary) are visible; a photo cut off mid-fit left nothing visible.
-        assert _visible(out) <= set(results) | {"summary.csv"}
+        assert _visible(out) <= set(results) | {"summary.csv", "index.html"}
     assert kills == 3 and 3 <= len(seen) < 11
     final = subprocess.run([*FIT, str(inputs), "-o", str(out), *QUICK], capture_output=True, text=True, timeout=600)
     assert final.returncode == 1 and "Traceback" not in final.stderr  # zz_broken.jpg failed, the rest fitted
@@ -74,7 +74,7 @@ def test_killed_batch_resumes_fitting_each_photo_once(inputs, tmp_path):
         rows = {Path(r["image"]).stem: r["status"] for r in csv.DictReader(f)}
     assert rows.pop("zz_broken") == "failed"
     assert rows == {stem: "skipped" if stem in seen else "done" for stem in results}
-    assert sorted(out.iterdir()) == sorted([out / "summary.csv", *(out / stem for stem in results)])  # no temporaries
+    assert sorted(out.iterdir()) == sorted([out / "summary.csv", out / "index.html", *(out / stem for stem in results)])  # no temporaries
 
 
 def test_ctrl_c_stops_cleanly_keeping_finished_results(inputs, tmp_path):
@@ -91,7 +91,7 @@ def test_ctrl_c_stops_cleanly_keeping_finished_results(inputs, tmp_path):
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("interrupted after") and "same command" in lines[0]
     results = _results(out)
-    assert results and sorted(out.iterdir()) == sorted([out / "summary.csv", *(out / stem for stem in results)])
+    assert results and sorted(out.iterdir()) == sorted([out / "summary.csv", out / "index.html", *(out / stem for stem in results)])
     with open(out / "summary.csv", newline="") as f:
         assert {Path(r["image"]).stem for r in csv.DictReader(f) if r["status"] == "done"} == set(results)
 
@@ -113,7 +113,7 @@ def test_workers_fit_every_photo_once_and_stop_on_ctrl_c(inputs, tmp_path):
     # noise of CPython 3.11's tracker when workers are terminated, not fit3dmm's output (closing note, issue 12).
     assert all("resource_tracker" in line or "/mp-" in line or line.startswith(("Traceback", "  ")) for line in lines[last + 1:]), stderr
     seen = _results(out)
-    assert len(seen) >= 2 and _visible(out) == set(seen) | {"summary.csv"}
+    assert len(seen) >= 2 and _visible(out) == set(seen) | {"summary.csv", "index.html"}
     final = subprocess.run([*FIT, str(inputs), "-o", str(out), *QUICK, "--workers", "2"], capture_output=True,
                            text=True, timeout=600)
     assert final.returncode == 1 and "Traceback" not in final.stderr
@@ -123,7 +123,7 @@ def test_workers_fit_every_photo_once_and_stop_on_ctrl_c(inputs, tmp_path):
         rows = {Path(r["image"]).stem: r for r in csv.DictReader(f)}
     assert rows.pop("zz_broken")["status"] == "failed"
     assert {stem: r["status"] for stem, r in rows.items()} == {s: "skipped" if s in seen else "done" for s in results}
-    assert sorted(out.iterdir()) == sorted([out / "summary.csv", *(out / stem for stem in results)])
+    assert sorted(out.iterdir()) == sorted([out / "summary.csv", out / "index.html", *(out / stem for stem in results)])
 
 
 def test_ray_local_actors_fit_the_batch(inputs, tmp_path):
@@ -139,7 +139,7 @@ def test_ray_local_actors_fit_the_batch(inputs, tmp_path):
     with open(out / "summary.csv", newline="") as f:
         rows = {Path(r["image"]).name: r["status"] for r in csv.DictReader(f)}
     assert rows == {**{p.name: "done" for p in sorted(inputs.glob("*.jpg"))[:2]}, "zz_broken.jpg": "failed"}
-    assert sorted(out.iterdir()) == sorted([out / "summary.csv", *(out / p.stem for p in sorted(inputs.glob("*.jpg"))[:2])])
+    assert sorted(out.iterdir()) == sorted([out / "summary.csv", out / "index.html", *(out / p.stem for p in sorted(inputs.glob("*.jpg"))[:2])])
     again = subprocess.run([*FIT, str(photos), "-o", str(out), *QUICK, "--ray", "local"], capture_output=True,
                            text=True, timeout=900)
     assert again.returncode == 1 and again.stderr.count("skipped") >= 1  # nothing refitted: only the broken file runs
