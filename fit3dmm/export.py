@@ -20,7 +20,8 @@ import trimesh
 
 from .camera import Camera
 from .errors import InputError
-from .files import read_image, reason
+from .datasets import read_mask
+from .files import read_image, read_json, read_vertex_colours, reason
 from .gltf import write_glb
 from .models import FaceModel, load_model, resolve_model
 from .render import vertex_normals
@@ -111,16 +112,24 @@ def write_head_glb(head: Head, path: Path) -> None:
 
 
 def read_params(folder: Path) -> dict:
-    """A result folder's params.json, or InputError in words."""
+    """A result folder's params.json with its coefficients ``id`` and ``exp`` as float32 arrays and the
+    camera's numbers checked, or InputError in words."""
     path = Path(folder) / "params.json"
     if not path.is_file():
         raise InputError(f"{folder} holds no fit3dmm result (params.json missing)")
+    doc = read_json(path)
     try:
-        doc = json.loads(path.read_text())
-        doc["coefficients"]["id"], doc["coefficients"]["exp"], doc["model"]["name"]  # noqa: B018
-        return doc
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise InputError(f"{path} is unreadable: {reason(e)}") from None
+        for key in ("id", "exp"):
+            doc["coefficients"][key] = np.asarray(doc["coefficients"][key], np.float32).reshape(-1)
+        str(doc["model"]["name"])
+        cam = doc["camera"]
+        numbers = [cam["focal_px_crop"], cam["crop_size"], *cam["angles_rad_pitch_yaw_roll"], *cam["translation"],
+                   cam["crop_from_photo"]["scale"], *cam["crop_from_photo"]["offset"]]
+        if not np.isfinite(np.asarray(numbers, np.float64)).all():
+            raise ValueError("the camera has non-finite numbers")
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise InputError(f"{path}: not a fit3dmm params.json ({reason(e)})") from None
+    return doc
 
 
 def load_head(folder: Path, model: FaceModel | None = None, photo: Path | None = None,
@@ -133,16 +142,13 @@ def load_head(folder: Path, model: FaceModel | None = None, photo: Path | None =
     doc = read_params(folder)
     if model is None:
         model = FaceModel(load_model(resolve_model(doc["model"]["name"])))
-    coeffs = doc["coefficients"]
-    identity, expression = np.asarray(coeffs["id"], np.float32), np.asarray(coeffs["exp"], np.float32)
-    identity, expression = identity.reshape(-1), expression.reshape(-1)
+    identity, expression = doc["coefficients"]["id"], doc["coefficients"]["exp"]
     if identity.shape != (model.n_id,) or expression.shape != (model.n_exp,):
         raise InputError(f"{folder}: its coefficients do not fit model '{model.name}'")
     n = model.data.n_vertices
     albedo = model.data.mean_texture if model.data.mean_texture is not None else np.full((n, 3), 0.6, np.float32)
-    ply = folder / "mesh.ply"
-    if ply.is_file():
-        colours = np.asarray(trimesh.load(ply, process=False).visual.vertex_colors)[:, :3]
+    if (folder / "mesh.ply").is_file():
+        colours = read_vertex_colours(folder / "mesh.ply")
         if len(colours) == n:
             albedo = colours.astype(np.float32) / 255
     head = Head(model, identity, expression, albedo)
@@ -156,8 +162,7 @@ def load_head(folder: Path, model: FaceModel | None = None, photo: Path | None =
         raise InputError(f"{folder}: the photo {source} is gone and no textured/texture.png is there "
                          "(--photo names where the photo is now)")
     image = read_image(source)
-    labels_path = folder / "target_labels.png"
-    labels = cv2.imread(str(labels_path), cv2.IMREAD_UNCHANGED) if labels_path.is_file() else None
+    labels = read_mask(folder / "target_labels.png") if (folder / "target_labels.png").is_file() else None
     cam = doc["camera"]
     vertices = head.vertices()
     screen = photo_screen_from(vertices, cam)

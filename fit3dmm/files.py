@@ -295,6 +295,20 @@ def read_json(path: str | os.PathLike, error: type[Fit3dmmError] = InputError):
         raise error(f"{path}: not a readable JSON file ({reason(e)})") from None
 
 
+def read_vertex_colours(path: str | os.PathLike) -> np.ndarray:
+    """(V, 3) uint8 RGB vertex colours of a mesh file (a result's mesh.ply), read by trimesh (data only)."""
+    import trimesh
+
+    path = check_file(Path(path))
+    try:
+        colours = np.asarray(trimesh.load(path, process=False).visual.vertex_colors)
+    except Exception as e:  # noqa: BLE001 - whatever a damaged mesh file provokes in trimesh's readers
+        raise InputError(f"{path}: not a readable mesh ({reason(e)})") from None
+    if colours.ndim != 2 or colours.shape[1] < 3:
+        raise InputError(f"{path}: has no vertex colours")
+    return colours[:, :3].astype(np.uint8)
+
+
 # ---------------------------------------------------------------------------------------------- outputs
 
 

@@ -424,7 +424,7 @@ def retarget(identity: str | os.PathLike, expression: str | os.PathLike, out: st
     if source["model"]["name"] != head.model.name:
         raise InputError(f"{expression} was fitted with model '{source['model']['name']}' and {identity} with "
                          f"'{head.model.name}': retarget needs one model")
-    weights = np.asarray(source["coefficients"]["exp"], np.float32).reshape(-1)
+    weights = source["coefficients"]["exp"]
     if weights.shape != head.expression.shape:
         raise InputError(f"{expression}: its expression does not fit model '{head.model.name}'")
     head = replace(head, expression=weights)

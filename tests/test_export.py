@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -215,6 +217,28 @@ def test_viewer_renders_offline_and_its_sliders_morph_the_head(results):
     assert problems == [] and requests == []
 
 
+def test_blender_loads_the_textured_obj_and_the_glb(results, tmp_path):
+    """Blender's own importers. Optional: it runs where `blender` is on the PATH (Debian's package is
+    ~500 MB, so `make test` does not install it)."""
+    blender = shutil.which("blender")
+    if blender is None:
+        pytest.skip("Blender is not installed (an optional check)")
+    folder = results / "000050"
+    out = tmp_path / "blender.json"
+    run = subprocess.run([blender, "-b", "--factory-startup", "--python", str(Path(__file__).parent / "blender_import.py"),
+                          "--", str(folder / "textured" / "mesh.obj"), str(folder / "mesh.glb"), str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and out.is_file(), run.stdout[-2000:] + run.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["obj"]["uv_layers"] == 1 and [img[1:] for img in report["obj"]["images"]] == [[1024, 1024]]
+    assert report["glb"]["uv_layers"] == 1 and [img[1:] for img in report["glb"]["images"]] == [[1024, 1024]]
+    expression = json.loads((folder / "expression.json").read_text())
+    keys = report["glb"]["shape_keys"]
+    assert list(keys) == list(expression)  # ARKit names, as Blender's shape keys
+    assert np.allclose(list(keys.values()), np.clip(list(expression.values()), 0, 1), atol=1e-3)
+    assert 0.15 < report["glb"]["height_m"] < 0.5  # metres
+
+
 def test_gallery_links_every_result(results):
     page = (results / "index.html").read_text()
     for stem in ("000050", "3ddfa_v3_1"):
@@ -238,6 +262,25 @@ def test_export_rewrites_glb_and_obj_from_params(results, tmp_path):
     assert doc["meshes"][0]["extras"]["targetNames"] == list(json.loads((folder / "expression.json").read_text()))
     bad = CliRunner().invoke(main, ["export", str(tmp_path / "nothing")])
     assert bad.exit_code == 1 and "params.json missing" in bad.output and "Traceback" not in bad.output
+
+
+@pytest.mark.parametrize("damage", ["params", "camera", "ply"])
+def test_export_of_a_damaged_result_is_one_clear_error(results, tmp_path, damage):
+    folder = tmp_path / "r"
+    shutil.copytree(results / "000050", folder)
+    shutil.rmtree(folder / "textured")  # so that export reads the camera, mesh.ply and the photo
+    params = json.loads((folder / "params.json").read_text())
+    if damage == "params":
+        (folder / "params.json").write_text('{"coefficients": ')
+    elif damage == "camera":
+        params["camera"]["translation"] = ["x", 1, 2]
+        (folder / "params.json").write_text(json.dumps(params))
+    else:
+        (folder / "mesh.ply").write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 99999\n")
+    result = CliRunner().invoke(main, ["export", str(folder)])
+    assert result.exit_code == 1 and "Traceback" not in result.output and result.exception is None or isinstance(
+        result.exception, SystemExit)
+    assert str(folder) in result.output and not (folder / "textured").exists()
 
 
 def test_retarget_puts_one_face_with_another_expression(results, tmp_path):
