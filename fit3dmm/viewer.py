@@ -13,6 +13,7 @@ import html
 import json
 from importlib import resources
 from pathlib import Path
+from urllib.parse import quote
 
 _SCRIPTS = ("three.min.js", "GLTFLoader.js", "OrbitControls.js")
 
@@ -176,15 +177,15 @@ def gallery_html(folders: list[Path], out: Path) -> str:
     its viewer and files (those present), all relative so the folder can move."""
     cards = []
     for folder in folders:
-        rel = folder.relative_to(out).as_posix()
+        rel = html.escape(quote(folder.relative_to(out).as_posix()))  # a stem may hold '#', '?' or spaces
         links = [(name, label) for name, label in (("index.html", "3D viewer"), ("mesh.glb", "GLB"),
                                                   ("textured/mesh.obj", "textured OBJ"), ("mesh.obj", "OBJ"),
                                                   ("params.json", "params"))
                  if (folder / name).is_file()]
         thumb = next((n for n in ("overlay.png", "textured/texture.png") if (folder / n).is_file()), None)
-        image = f'<img loading="lazy" alt="" src="{html.escape(rel)}/{thumb}">' if thumb else "<img alt=\"\">"
-        target = f"{html.escape(rel)}/index.html" if (folder / "index.html").is_file() else f"{html.escape(rel)}/"
-        anchors = " ".join(f'<a href="{html.escape(rel)}/{n}">{label}</a>' for n, label in links)
+        image = f'<img loading="lazy" alt="" src="{rel}/{thumb}">' if thumb else '<img alt="">'
+        target = f"{rel}/index.html" if (folder / "index.html").is_file() else f"{rel}/"
+        anchors = " ".join(f'<a href="{rel}/{n}">{label}</a>' for n, label in links)
         cards.append(f'<div class="card"><a href="{target}">{image}</a><div class="name">{html.escape(folder.name)}'
                      f"</div>{anchors}</div>")
     return _GALLERY.format(count=len(folders), cards="\n".join(cards))
