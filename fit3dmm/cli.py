@@ -99,7 +99,7 @@ def main() -> None:
                    "pose and lighting.")
 @click.option("--export", "exports", default="all", show_default=True, metavar="LIST",
               help="Comma-separated outputs to write: " + ", ".join(tuple(EXPORTS)) + " (see README, Outputs).")
-@click.option("--texture-size", type=click.IntRange(64, 8192), default=1024, show_default=True,
+@click.option("--texture-size", type=click.IntRange(64, 4096), default=1024, show_default=True,
               help="Side of texture.png in texels.")
 @click.option("--overwrite", is_flag=True, help="Refit photos whose result folder exists (default: skip them).")
 def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_index, iterations, anchors, batch_size,
@@ -528,7 +528,7 @@ def track(videos, out, loss, model, device, face_index, keyframes, window, itera
               help="What to write (repeatable; default glb and obj): glb = mesh.glb, obj = textured/, viewer = index.html.")
 @click.option("--photo", type=click.Path(path_type=Path),
               help="The fitted photo, if it moved since the fit (needed only when textured/texture.png is absent).")
-@click.option("--texture-size", type=click.IntRange(64, 8192), default=1024, show_default=True,
+@click.option("--texture-size", type=click.IntRange(64, 4096), default=1024, show_default=True,
               help="Side of a texture taken again from the photo.")
 def export_cmd(results, formats, photo, texture_size) -> None:
     """Write a fit's mesh.glb and textured OBJ again into each RESULT folder, from its params.json (no fitting)."""
