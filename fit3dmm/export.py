@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import cv2
@@ -65,6 +66,11 @@ class Head:
     def textured(self) -> bool:
         return self.texture is not None and self.model.data.has_uv
 
+    @cached_property
+    def texture_png(self) -> bytes:
+        """The texture as PNG bytes (encoded once for the OBJ's texture.png and the GLB)."""
+        return png_bytes(self.texture)
+
     def expression_weights(self) -> dict[str, float]:
         return {name: round(float(w), 5) for name, w in zip(expression_names(self.model), self.expression)}
 
@@ -90,7 +96,7 @@ def write_textured(head: Head, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "mesh.obj").write_text(text)
     (folder / "mesh.mtl").write_bytes(files["mesh.mtl"] + b"\nmap_Kd texture.png\n")
-    (folder / "texture.png").write_bytes(png_bytes(head.texture))
+    (folder / "texture.png").write_bytes(head.texture_png)
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
@@ -108,7 +114,7 @@ def write_head_glb(head: Head, path: Path) -> None:
     write_glb(path, head.vertices(with_expression=False), data.triangles, data.exp_basis, expression_names(model),
               units_per_metre(model), colours=None if textured else head.albedo, weights=head.expression,
               uv_mesh=split_seams(data.triangles, data.face_uv, data.uv) if textured else None,
-              texture_png=png_bytes(head.texture) if textured else None)
+              texture_png=head.texture_png if textured else None)
 
 
 def read_params(folder: Path) -> dict:
