@@ -12,7 +12,7 @@ export FIT3DMM_SHARED := $(abspath $(SHARED))
 # Spinning OpenMP threads make torch ~25x slower on small VMs (see fit3dmm/cli.py).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup check-shared model demo test bench annotate parser clean browser-tools
+.PHONY: setup check-shared model demo test bench annotate parser clean browser-tools pictures
 
 $(BIN)/fit3dmm: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,11 @@ parser: setup check-shared
 	$(BIN)/fit3dmm parser train --data "$(SHARED)/data/celebamask-hq" -o .parser/parser.pt --resume
 	cp .parser/parser.pt fit3dmm/data/parser.pt
 	cp .parser/parser.pt.log.jsonl fit3dmm/data/parser_training_log.jsonl
+
+# The README's pictures of the viewer and a textured head (docs/pictures.py).
+pictures: model browser-tools
+	$(BIN)/fit3dmm fit "$(SHARED)/data/landmarks-68/takeo.png" -o "$(OUT)" --overwrite
+	$(BIN)/python docs/pictures.py "$(OUT)/takeo"
 
 clean:
 	rm -rf $(VENV) $(OUT) .annotate .parser .pytest_cache .tools
