@@ -22,13 +22,12 @@ import trimesh
 
 from . import __version__
 from .appearance import vertex_albedo
-from .config import FitConfig
+from .config import EXPORTS, FitConfig
 from .datasets import LABEL_NAMES
 from .errors import InputError
 from .models.facemodel import PART_CELEBA_IDS, PART_NAMES
 from .pipeline import FitOutput
 from .render import rasterize_region, vertex_normals
-from .config import EXPORTS
 from .export import (Head, expression_names, load_head, png_bytes, read_params, write_expression, write_head_glb,
                      write_textured)
 from .target import FACE_SURFACE_IDS, OCCLUDER_IDS, CropTransform
@@ -316,7 +315,7 @@ def write_png(path: Path, rgb_or_labels: np.ndarray) -> None:
 
 def write_head(head: Head, folder: Path, exports: tuple[str, ...], title: str, images: dict[str, bytes]) -> None:
     """A head's artist files in ``folder`` (already a temporary folder), as chosen by ``exports`` (names of
-    :data:`fit3dmm.export.EXPORTS`): textured/ (mesh.obj with vertex colours where the model has no UVs),
+    :data:`fit3dmm.config.EXPORTS`): textured/ (mesh.obj with vertex colours where the model has no UVs),
     mesh.glb, expression.json, index.html (``images``: caption -> PNG shown beside the head)."""
     if "textured" in exports:
         if head.textured:
@@ -341,7 +340,7 @@ def write_head(head: Head, folder: Path, exports: tuple[str, ...], title: str, i
 def write_result(output: FitOutput, folder: str | os.PathLike, source: str, overwrite: bool = False,
                  exports: tuple[str, ...] = tuple(EXPORTS), texture_size: int = DEFAULT_SIZE) -> Path:
     """Write the output files of one fit into ``folder``, atomically: those ``exports`` chooses (see
-    :data:`fit3dmm.export.EXPORTS`), and always params.json and landmarks.json. Raises FileExistsError if
+    :data:`fit3dmm.config.EXPORTS`), and always params.json and landmarks.json. Raises FileExistsError if
     the folder exists and ``overwrite`` is False."""
     with atomic_folder(folder, overwrite) as tmp:
         tri, bary, normals = render_photo(output)
@@ -350,15 +349,17 @@ def write_result(output: FitOutput, folder: str | os.PathLike, source: str, over
             mesh = mesh_files(output)
             mesh.export(tmp / "mesh.obj", include_texture=False)
             mesh.export(tmp / "mesh.ply")
-        overlay, parts = shaded_overlay(output, tri, bary, normals), parts_panel(output, fitted)
+        if "images" in exports or "viewer" in exports:
+            overlay, parts = shaded_overlay(output, tri, bary, normals), parts_panel(output, fitted)
         if "images" in exports:
             _write_png(tmp / "overlay.png", overlay)
             _write_png(tmp / "parts.png", parts)
             _write_png(tmp / "fitted_labels.png", fitted)
             _write_png(tmp / "target_labels.png", output.observation.labels)
         if {"textured", "glb", "expression", "viewer"} & set(exports):
-            write_head(fitted_head(output, normals, texture_size), tmp, exports, Path(source).name,
-                       {"overlay": png_bytes(overlay), "parts: target | fitted": png_bytes(parts)})
+            images = {"overlay": png_bytes(overlay), "parts: target | fitted": png_bytes(parts)} \
+                if "viewer" in exports else {}
+            write_head(fitted_head(output, normals, texture_size), tmp, exports, Path(source).name, images)
         crop = output.target.crop
         landmarks = {
             "detected_68": output.observation.landmarks68.round(3).tolist(),
