@@ -35,7 +35,10 @@ class Stage:
 
     lrs: (parameter group, Adam learning rate) pairs; groups are angles, translation, id, exp, gamma,
     albedo. losses: (registered loss name, weight) pairs. The learning rate decays exponentially to
-    ``lr_final`` times its start over the stage.
+    ``lr_final`` times its start over the stage. raster_every: the hard rasterization and the vertex
+    visibility are redone every this many iterations and reused in between (the losses interpolate with
+    barycentrics recomputed from the current vertices, so only which triangle covers a pixel, and which
+    vertices are seen, lag behind).
     """
 
     name: str
@@ -43,6 +46,7 @@ class Stage:
     lrs: tuple[tuple[str, float], ...]
     losses: tuple[tuple[str, float], ...]
     lr_final: float = 0.1
+    raster_every: int = 1
 
 
 #: Iterations of the final stage. 80, 100 and 120 gave the same accuracy (68-landmark NME 6.71/6.72/6.71%
@@ -76,10 +80,12 @@ def default_stages(
             (("angles", 0.01), ("translation", 0.3), ("id", 0.05), ("exp", 0.03)),
             (("landmark", LANDMARK_WEIGHT), ("reg", REG_WEIGHT)),
         ),
+        # The hard raster every 2nd iteration: 12% less time per iteration, Part IoU and NME unchanged (README,
+        # "Measured").
         Stage(
             "full", iterations,
             (("angles", 0.005), ("translation", 0.1), ("id", 0.03), ("exp", 0.02), ("gamma", 0.02), ("albedo", 0.01)),
-            tuple(full_losses),
+            tuple(full_losses), raster_every=2,
         ),
     )
 

@@ -132,9 +132,10 @@ class Fitter:
         return params
 
     def frame(self, params: dict[str, Tensor], raster: bool, vertices: Tensor | None = None,
-              view: View | None = None) -> Frame:
+              view: View | None = None, reuse: Frame | None = None) -> Frame:
         """One iteration's geometry for the batch; ``vertices`` (B, V, 3) skips the model when its
-        coefficients are fixed; ``view``: the crops' own pinholes (:meth:`view`), if any."""
+        coefficients are fixed; ``view``: the crops' own pinholes (:meth:`view`), if any; ``reuse``: a
+        recent frame whose hard rasterization and visibility to take instead of redoing them."""
         verts = self.model(params["id"], params["exp"]) if vertices is None else vertices
         rotation = rotation_matrix(params["angles"]) * self.flip  # scales columns: R @ diag(flip)
         cam = verts @ rotation.transpose(-1, -2) + params["translation"][:, None]
@@ -142,9 +143,12 @@ class Fitter:
         frame = Frame(vertices=verts, screen=screen, rotation=rotation, params=params)
         if raster:
             tris = self.model.fit_triangles
+            frame.normals = vertex_normals(cam, tris)
+            if reuse is not None:
+                frame.frags, frame.visible, frame.depth_tol = reuse.frags, reuse.visible, reuse.depth_tol
+                return frame
             size = self.camera.size
             frame.frags = rasterize(screen.detach(), tris, size, size)
-            frame.normals = vertex_normals(cam, tris)
             tol = self.depth_tol / params["translation"][:, 2].detach()  # vertex_visibility's tolerance is relative
             frame.visible = vertex_visibility(screen.detach(), tris, frame.frags, frame.normals.detach(), tol)
             frame.depth_tol = tol
@@ -172,9 +176,10 @@ class Fitter:
         shape_fixed = not {"id", "exp"} & {name for name, _ in stage.lrs}
         vertices = self.model(params["id"], params["exp"]).detach() if shape_fixed else None
         terms: dict[str, Tensor] = {}
+        frame = None
         for it in range(stage.iterations):
             opt.zero_grad(set_to_none=True)
-            frame = self.frame(params, raster, vertices, view)
+            frame = self.frame(params, raster, vertices, view, None if it % stage.raster_every == 0 else frame)
             # A term of shared coefficients only (e.g. a shared albedo's smoothness) is (1,): every photo's.
             B = frame.screen.shape[0]
             terms = {name: (weight * losses[name](frame)).expand(B) for name, weight in stage.losses}

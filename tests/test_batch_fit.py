@@ -110,3 +110,21 @@ def test_same_person_fits_one_identity(shared_dir, tmp_path):
     refused = subprocess.run([*fit, "-o", str(tmp_path / "x"), "--same-person", "--workers", "2"], capture_output=True,
                              text=True, timeout=600)
     assert refused.returncode == 1 and refused.stderr.count("error:") == 1 and "Traceback" not in refused.stderr
+
+
+@pytest.mark.parametrize("every, rasters", [(1, 5), (2, 3), (5, 1)])
+def test_a_stage_redoes_the_hard_raster_every_raster_every_iterations(prepared, monkeypatch, every, rasters):
+    """Iterations 0, k, 2k, ... rasterize; the others reuse that raster and visibility (plus one raster for
+    the final frame)."""
+    from dataclasses import replace
+
+    import fit3dmm.fitting as fitting
+
+    pipeline, items = prepared
+    calls = []
+    real = fitting.rasterize
+    monkeypatch.setattr(fitting, "rasterize", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    stage = replace(pipeline.fitter.config.stages[-1], iterations=5, raster_every=every)
+    (result,) = pipeline.fitter.fit([items[0].target], stages=(stage,))
+    assert len(calls) == rasters + 1
+    assert torch.isfinite(result.vertices).all()
