@@ -172,7 +172,7 @@ def load_head(folder: Path, model: FaceModel | None = None, photo: Path | None =
     cam = doc["camera"]
     vertices = head.vertices()
     screen = photo_screen_from(vertices, cam)
-    normals = vertex_normals(_to_camera(vertices, cam)[None], model.triangles)[0].numpy()
+    normals = vertex_normals(_to_camera(vertices, cam)[None], torch.as_tensor(model.data.triangles))[0].numpy()
     occluded = None if labels is None or labels.shape != image.shape[:2] else ~np.isin(labels, FACE_SURFACE_IDS)
     texture = extract_texture(image, screen, normals, model.data.triangles, model.data.face_uv, model.data.uv,
                               albedo, occluded, model.data.meta.get("uv_mirror"), texture_size)
