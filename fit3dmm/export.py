@@ -10,6 +10,9 @@ for ``fit3dmm export`` and ``retarget``), never from fitting again.
 from __future__ import annotations
 
 import json
+import signal
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -30,6 +33,25 @@ from .target import FACE_SURFACE_IDS
 from .texture import DEFAULT_SIZE, extract_texture, split_seams
 
 _UNITS_PER_METRE = {"m": 1.0, "cm": 100.0, "mm": 1000.0}
+
+
+@contextmanager
+def held_interrupts():
+    """Hold Ctrl-C (SIGINT) off until the block ends, then deliver it as the process would have. trimesh's
+    OBJ exporter catches BaseException around its slow parts (formatting normals, materials), so a Ctrl-C
+    landing there was swallowed: the batch went on and the file lost its normals. (Only the main thread
+    gets Python's signal handlers; elsewhere this does nothing.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        signal.raise_signal(signal.SIGINT)  # now under the previous handling: KeyboardInterrupt, ignored, ...
 
 
 def units_per_metre(model: FaceModel) -> float:
@@ -91,8 +113,9 @@ def write_textured(head: Head, folder: Path) -> None:
     normals = trimesh.Trimesh(vertices, data.triangles, process=False).vertex_normals[split.vertex]
     mesh = trimesh.Trimesh(vertices[split.vertex], split.triangles, vertex_normals=normals, process=False,
                            visual=trimesh.visual.TextureVisuals(uv=split.uv, material=material))
-    text, files = trimesh.exchange.obj.export_obj(mesh, include_normals=True, include_texture=True,
-                                                  return_texture=True, mtl_name="mesh.mtl")
+    with held_interrupts():
+        text, files = trimesh.exchange.obj.export_obj(mesh, include_normals=True, include_texture=True,
+                                                      return_texture=True, mtl_name="mesh.mtl")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "mesh.obj").write_text(text)
     (folder / "mesh.mtl").write_bytes(files["mesh.mtl"] + b"\nmap_Kd texture.png\n")

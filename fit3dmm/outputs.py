@@ -28,7 +28,7 @@ from .errors import InputError
 from .models.facemodel import PART_CELEBA_IDS, PART_NAMES
 from .pipeline import FitOutput
 from .render import rasterize_region, vertex_normals
-from .export import (Head, expression_names, load_head, png_bytes, read_params, write_expression, write_head_glb,
+from .export import (Head, expression_names, held_interrupts, load_head, png_bytes, read_params, write_expression, write_head_glb,
                      write_textured)
 from .target import FACE_SURFACE_IDS, OCCLUDER_IDS, CropTransform
 from .texture import DEFAULT_SIZE, extract_texture
@@ -324,7 +324,8 @@ def write_head(head: Head, folder: Path, exports: tuple[str, ...], title: str, i
             mesh = trimesh.Trimesh(head.vertices(), head.model.data.triangles, process=False,
                                    vertex_colors=(head.albedo * 255).round().astype(np.uint8))
             (folder / "textured").mkdir()
-            mesh.export(folder / "textured" / "mesh.obj", include_texture=False)
+            with held_interrupts():
+                mesh.export(folder / "textured" / "mesh.obj", include_texture=False)
     if "glb" in exports or "viewer" in exports:
         write_head_glb(head, folder / "mesh.glb")
         if "viewer" in exports:
@@ -347,8 +348,9 @@ def write_result(output: FitOutput, folder: str | os.PathLike, source: str, over
         fitted = fitted_labels(output, tri, bary)
         if "mesh" in exports:
             mesh = mesh_files(output)
-            mesh.export(tmp / "mesh.obj", include_texture=False)
-            mesh.export(tmp / "mesh.ply")
+            with held_interrupts():
+                mesh.export(tmp / "mesh.obj", include_texture=False)
+                mesh.export(tmp / "mesh.ply")
         if "images" in exports or "viewer" in exports:
             overlay, parts = shaded_overlay(output, tri, bary, normals), parts_panel(output, fitted)
         if "images" in exports:

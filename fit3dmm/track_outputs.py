@@ -18,7 +18,7 @@ import trimesh
 from . import __version__
 from .appearance import vertex_albedo
 from .camera import rotation_matrix
-from .export import expression_names, units_per_metre
+from .export import expression_names, held_interrupts, units_per_metre
 from .gltf import Animation, write_glb
 from .outputs import atomic_folder, render_photo, shaded_overlay
 from .tracking import Followed, Track, TrackedFrame, Tracker, TrackProgress
@@ -71,8 +71,9 @@ def write_track(tracker: Tracker, reader: VideoReader, followed: Followed, folde
             rotation = rotation_matrix(torch.as_tensor(track.params["angles"])).numpy()
         triangles = model.triangles.cpu().numpy()
         colours = np.concatenate([albedo * 255, np.full((len(albedo), 1), 255)], 1).round().astype(np.uint8)
-        trimesh.Trimesh(neutral, triangles, vertex_colors=colours, process=False).export(tmp / "mesh.obj",
-                                                                                        include_texture=False)
+        with held_interrupts():
+            trimesh.Trimesh(neutral, triangles, vertex_colors=colours, process=False).export(tmp / "mesh.obj",
+                                                                                            include_texture=False)
         write_glb(tmp / "animation.glb", neutral, triangles, model.data.exp_basis, names, units_per_metre(model),
                   colours=albedo,
                   animation=Animation(track.times, track.params["exp"], rotation, track.params["translation"]),

@@ -178,6 +178,9 @@ def test_fit_runs_on_a_bfm_topology_model_with_its_albedo_basis(converted, share
     params = out.result.params
     assert params["albedo"].shape == (80,) and params["albedo"].abs().sum() > 0  # the photometric loss moved the basis
     assert all(bool(p.isfinite().all()) for p in params.values())
-    assert out.result.visible.sum() > 1000  # the surface faces the camera
+    # The surface faces the camera: wrongly wound triangles would cull every vertex. How many pass depends on
+    # the fitted shape, which the stand-in bases (random) make crumpled and sensitive to any change in the
+    # optimizer: 1734 of 35709 with the hard raster every iteration, 518 with it every 2nd.
+    assert out.result.visible.sum() > 200
     with pytest.raises(ModelError, match="no part annotation"):
         Pipeline(FitConfig.create(loss="prdl"), model)
