@@ -173,11 +173,11 @@ def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_inde
 
 
 def _exports(text: str) -> tuple[str, ...]:
-    """--export's comma-separated list (or "all") as names of tuple(EXPORTS), or exit with the valid ones."""
+    """--export's comma-separated list (or "all") as names of config.EXPORTS, or exit with the valid ones."""
     if text.strip() == "all":
         return tuple(EXPORTS)
     names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    unknown = [n for n in names if n not in tuple(EXPORTS)]
+    unknown = [n for n in names if n not in EXPORTS]
     if unknown or not names:
         _fail(f"--export: unknown output {', '.join(unknown) or '(none given)'}; choose from all, {', '.join(tuple(EXPORTS))}")
     return names
@@ -239,7 +239,10 @@ def _batch(command: str, images: list[Path], out: Path, overwrite: bool, process
             bar.stop()
             _fail(error_text(e))
     if finish is not None:  # e.g. the gallery: also after failures and Ctrl-C, over what is finished
-        finish()
+        try:
+            finish()
+        except OSError as e:
+            console.print(f"[red]failed[/red] {error_text(e)}")
     if interrupted:
         console.print(f"[yellow]interrupted[/yellow] after {len(results)} of {len(images)} images; finished "
                       f"results are kept (see {out / SUMMARY}), run the same command again to continue")
