@@ -29,8 +29,8 @@ from .files import read_image, read_json, read_vertex_colours, reason
 from .gltf import write_glb
 from .models import FaceModel, load_model, resolve_model
 from .render import vertex_normals
-from .target import FACE_SURFACE_IDS
-from .texture import DEFAULT_SIZE, extract_texture, split_seams
+from .target import FACE_SURFACE_IDS, CropTransform
+from .texture import DEFAULT_SIZE, UVMesh, extract_texture, split_seams
 
 _UNITS_PER_METRE = {"m": 1.0, "cm": 100.0, "mm": 1000.0}
 
@@ -89,6 +89,12 @@ class Head:
         return self.texture is not None and self.model.data.has_uv
 
     @cached_property
+    def seams(self) -> UVMesh:
+        """The model's mesh split at UV seams (for the OBJ and the GLB)."""
+        data = self.model.data
+        return split_seams(data.triangles, data.face_uv, data.uv)
+
+    @cached_property
     def texture_png(self) -> bytes:
         """The texture as PNG bytes (encoded once for the OBJ's texture.png and the GLB)."""
         return png_bytes(self.texture)
@@ -104,7 +110,7 @@ def write_expression(head: Head, path: Path) -> None:
 def write_textured(head: Head, folder: Path) -> None:
     """``folder``/mesh.obj (with normals and UVs, the model's units), mesh.mtl and texture.png."""
     data = head.model.data
-    split = split_seams(data.triangles, data.face_uv, data.uv)
+    split = head.seams
     # trimesh writes the OBJ and MTL; the texture is linked and encoded here (OpenCV's PNG encoder is 10x
     # faster than Pillow's, which trimesh would use).
     material = trimesh.visual.material.SimpleMaterial(name="texture", diffuse=(255, 255, 255, 255),
@@ -136,7 +142,7 @@ def write_head_glb(head: Head, path: Path) -> None:
     textured = head.textured
     write_glb(path, head.vertices(with_expression=False), data.triangles, data.exp_basis, expression_names(model),
               units_per_metre(model), colours=None if textured else head.albedo, weights=head.expression,
-              uv_mesh=split_seams(data.triangles, data.face_uv, data.uv) if textured else None,
+              uv_mesh=head.seams if textured else None,
               texture_png=head.texture_png if textured else None)
 
 
@@ -210,7 +216,7 @@ def _to_camera(vertices: np.ndarray, cam: dict) -> torch.Tensor:
 
 def photo_screen_from(vertices: np.ndarray, cam: dict) -> np.ndarray:
     """(V, 3) photo pixels and depth of model-frame ``vertices`` under params.json's camera block."""
-    camera = Camera(float(cam["focal_px_crop"]), int(cam["crop_size"]))
-    crop = camera.project(_to_camera(vertices, cam)).numpy()
-    scale, offset = float(cam["crop_from_photo"]["scale"]), np.asarray(cam["crop_from_photo"]["offset"], np.float32)
-    return np.concatenate([(crop[:, :2] - offset) / scale, crop[:, 2:]], 1)
+    size = int(cam["crop_size"])
+    crop = Camera(float(cam["focal_px_crop"]), size).project(_to_camera(vertices, cam)).numpy()
+    transform = CropTransform(float(cam["crop_from_photo"]["scale"]), tuple(cam["crop_from_photo"]["offset"]), size)
+    return np.concatenate([transform.to_photo(crop[:, :2]), crop[:, 2:]], 1).astype(np.float32)

@@ -42,6 +42,8 @@ PART_COLOURS = {
     8: (255, 255, 0), 9: (200, 200, 0), 17: (80, 160, 160),  # ears, neck (parse overlays)
 }
 OVERLAY_ALPHA = 0.75
+#: The pictures index.html shows beside the head: (caption, file of the result folder).
+VIEWER_IMAGES = (("overlay", "overlay.png"), ("parts: target | fitted", "parts.png"))
 
 
 def photo_screen(output: FitOutput) -> torch.Tensor:
@@ -359,8 +361,10 @@ def write_result(output: FitOutput, folder: str | os.PathLike, source: str, over
             _write_png(tmp / "fitted_labels.png", fitted)
             _write_png(tmp / "target_labels.png", output.observation.labels)
         if {"textured", "glb", "expression", "viewer"} & set(exports):
-            images = {"overlay": png_bytes(overlay), "parts: target | fitted": png_bytes(parts)} \
-                if "viewer" in exports else {}
+            images = {}
+            if "viewer" in exports:
+                pictures = {"overlay.png": overlay, "parts.png": parts}
+                images = {caption: png_bytes(pictures[name]) for caption, name in VIEWER_IMAGES}
             write_head(fitted_head(output, normals, texture_size), tmp, exports, Path(source).name, images)
         crop = output.target.crop
         landmarks = {
@@ -390,8 +394,7 @@ EXPORT_FORMATS = {"glb": ("glb",), "obj": ("textured",), "viewer": ("viewer",)}
 
 def _images(folder: Path) -> dict[str, bytes]:
     """The viewer's pictures of a result folder (those present)."""
-    return {caption: (folder / name).read_bytes() for caption, name in
-            (("overlay", "overlay.png"), ("parts: target | fitted", "parts.png")) if (folder / name).is_file()}
+    return {caption: (folder / name).read_bytes() for caption, name in VIEWER_IMAGES if (folder / name).is_file()}
 
 
 def export_result(folder: str | os.PathLike, formats: tuple[str, ...], photo: str | os.PathLike | None = None,
