@@ -48,6 +48,9 @@ def _progress(transient: bool = False) -> Progress:
 _batch_size_option = click.option(
     "--batch-size", type=click.IntRange(1, 1024),
     help="Photos fitted at once (the same fits as one by one, faster per photo). Default: 16 on a CPU, 32 on a GPU.")
+_fixed_parts_option = click.option(
+    "--fixed-parts", is_flag=True,
+    help="Render the model's annotated parts as they are, without per-fit brow and upper-lip bands (README, 'Part bands').")
 _anchors_option = click.option("--anchors", type=click.IntRange(1, 112), default=ANCHOR_GRID, show_default=True,
                                help="PRDL's anchor grid: N x N anchors over the 224 px crop.")
 
@@ -87,6 +90,7 @@ def main() -> None:
 @click.option("--face", "face_index", default=0, show_default=True, help="Which face, by size (0 = largest).")
 @click.option("--iterations", default=FULL_ITERATIONS, show_default=True, help="Iterations of the final (all-losses) stage.")
 @_anchors_option
+@_fixed_parts_option
 @_batch_size_option
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Fit in N local processes (spawned; each loads the models once; with GPUs, worker i uses GPU i mod count).")
@@ -102,8 +106,8 @@ def main() -> None:
 @click.option("--texture-size", type=click.IntRange(64, 4096), default=1024, show_default=True,
               help="Side of texture.png in texels.")
 @click.option("--overwrite", is_flag=True, help="Refit photos whose result folder exists (default: skip them).")
-def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_index, iterations, anchors, batch_size,
-        workers, ray_address, same_person, exports, texture_size, overwrite) -> None:
+def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_index, iterations, anchors, fixed_parts,
+        batch_size, workers, ray_address, same_person, exports, texture_size, overwrite) -> None:
     """Fit each INPUT (an image, or a folder of images) and write OUT/<stem>/, and OUT/index.html, a
     gallery of the results. Photos whose result is already in OUT are skipped, so an interrupted run
     continues where it stopped."""
@@ -124,7 +128,7 @@ def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_inde
         check_output_dir(out)
         config = FitConfig.create(loss=loss, iterations=iterations, seg_weight=seg_weight, mode=mode, model=model,
                                   segmenter=segmenter, device=device, face_index=face_index, anchor_grid=anchors,
-                                  same_person=same_person)
+                                  same_person=same_person, part_bands=not fixed_parts)
         if same_person:
             batch_size = len(images)
             finished = sum(_holds(out / image.stem, config) for image in images)
@@ -324,6 +328,7 @@ def _eval_options(command):
         click.option("--iterations", default=FULL_ITERATIONS, show_default=True,
                      help="Iterations of the final stage (seg-only: the segmentation stage has 60 more)."),
         _anchors_option,
+        _fixed_parts_option,
         _batch_size_option,
         click.option("--overwrite", is_flag=True, help="Start afresh instead of continuing."),
     ]
@@ -333,7 +338,7 @@ def _eval_options(command):
 
 
 def _run_evaluation(data, out, specs, mode, segmenter, fmt, protocol, split, skip, limit, model, device, iterations,
-                    anchors, batch_size, overwrite, subfolders: bool) -> tuple[dict, list[str]]:
+                    anchors, fixed_parts, batch_size, overwrite, subfolders: bool) -> tuple[dict, list[str]]:
     """Fit and score DATA with each (loss, weight) spec; returns (run name -> summary, the selected samples)."""
     from .batch import default_batch_size
     from .config import FitConfig
@@ -350,7 +355,7 @@ def _run_evaluation(data, out, specs, mode, segmenter, fmt, protocol, split, ski
             if loss not in (*SEGMENTATION_LOSSES, "none"):
                 raise ValueError(f"unknown loss '{loss}'; known: {', '.join((*SEGMENTATION_LOSSES, 'none'))}")
             config = FitConfig.create(loss=loss, seg_weight=weight, mode=mode, iterations=iterations, model=model,
-                                      segmenter=segmenter, device=device, anchor_grid=anchors)
+                                      segmenter=segmenter, device=device, anchor_grid=anchors, part_bands=not fixed_parts)
             folder = out / spec if subfolders else out
             open_run(folder, config, data, fmt, overwrite, protocol)
             runs[spec] = (config, folder)
@@ -379,7 +384,7 @@ def _cell(stats: dict) -> str:
 @click.option("--loss", type=click.Choice([*SEGMENTATION_LOSSES, "none"]), default="prdl", show_default=True)
 @click.option("--seg-weight", type=float, help="Weight of the segmentation loss (default: the loss's tuned weight).")
 def eval_cmd(data, out, mode, segmenter, fmt, protocol, split, skip, limit, model, device, iterations, anchors,
-             batch_size, overwrite, loss, seg_weight) -> None:
+             fixed_parts, batch_size, overwrite, loss, seg_weight) -> None:
     """Fit every photo of DATA (images/ and masks/ of the same stems) and score Part IoU against the masks
     (and the 68-landmark error where a .pts file sits beside a photo): OUT/metrics.csv, landmarks.csv,
     summary.json, chart.png."""
@@ -389,7 +394,7 @@ def eval_cmd(data, out, mode, segmenter, fmt, protocol, split, skip, limit, mode
 
     spec = loss if seg_weight is None else f"{loss}@{seg_weight:g}"
     summaries, _ = _run_evaluation(data, out, [spec], mode, segmenter, fmt, protocol, split, skip, limit, model, device,
-                                   iterations, anchors, batch_size, overwrite, subfolders=False)
+                                   iterations, anchors, fixed_parts, batch_size, overwrite, subfolders=False)
     summary = summaries[spec]
     labels = {**SCORES, "iou": "parsed render vs parsed photo"} if protocol == "paper" else SCORES
     series = {label: summary[key if key != "iou" else "part_iou"] for key, label in labels.items()}
@@ -415,7 +420,7 @@ def eval_cmd(data, out, mode, segmenter, fmt, protocol, split, skip, limit, mode
 @click.option("--losses", default=",".join(SEGMENTATION_LOSSES), show_default=True,
               help="Comma-separated losses to compare, each optionally with a weight: prdl,iou@0.05,none.")
 def compare(data, out, mode, segmenter, fmt, protocol, split, skip, limit, model, device, iterations, anchors,
-            batch_size, overwrite, losses) -> None:
+            fixed_parts, batch_size, overwrite, losses) -> None:
     """Fit every photo of DATA with each loss and compare their Part IoU: OUT/<loss>/ (as eval),
     OUT/compare.csv, compare.png and grid.png."""
     from .evaluation import grid_rows, paired_differences, write_compare, write_paired
@@ -427,7 +432,7 @@ def compare(data, out, mode, segmenter, fmt, protocol, split, skip, limit, model
     if not specs or len(set(specs)) != len(specs):
         _fail("--losses needs distinct, comma-separated names")
     summaries, selected = _run_evaluation(data, out, specs, mode, segmenter, fmt, protocol, split, skip, limit, model,
-                                          device, iterations, anchors, batch_size, overwrite, subfolders=True)
+                                          device, iterations, anchors, fixed_parts, batch_size, overwrite, subfolders=True)
     write_compare(out, summaries)
     n = min(s["photos"] for s in summaries.values())
     iou_chart(out / "compare.png", {spec: s["part_iou"] for spec, s in summaries.items()}, f"--mode {mode}, {n} photos")

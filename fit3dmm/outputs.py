@@ -25,6 +25,7 @@ from .appearance import vertex_albedo
 from .config import EXPORTS, FitConfig
 from .datasets import LABEL_NAMES
 from .errors import InputError
+from .models.bands import apply_bands, choose_bands, model_fields
 from .models.facemodel import PART_CELEBA_IDS, PART_NAMES
 from .pipeline import FitOutput
 from .render import rasterize_region, vertex_normals
@@ -92,15 +93,31 @@ def camera_light(model, tri: np.ndarray, bary: np.ndarray, normals: np.ndarray) 
     return 0.2 + 0.75 * np.clip(-n[:, 2], 0, 1)
 
 
-def fitted_labels(output: FitOutput, tri: np.ndarray | None = None, bary: np.ndarray | None = None) -> np.ndarray:
-    """(H, W) uint8 label map of the visible fitted parts at the photo's resolution: what the rendered fit
-    shows where the segmenter sees no occluder (hair, hat, glasses): a brow under a fringe is hidden in
-    the photo, and so in the fit's parts. ``tri``, ``bary``: the fit's :func:`render_photo`, if done."""
+def fitted_parts(output: FitOutput, tri: np.ndarray | None = None, bary: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, dict[str, tuple[float, ...]] | None]:
+    """(labels, bands): the (H, W) uint8 label map of the visible fitted parts at the photo's resolution,
+    and the part bands chosen for it (:mod:`fit3dmm.models.bands`; None when the configuration keeps the
+    annotated parts). Visible means what the rendered fit shows where the segmenter sees no occluder
+    (hair, hat, glasses): a brow under a fringe is hidden in the photo, and so in the fit's parts. ``tri``,
+    ``bary``: the fit's :func:`render_photo`, if done."""
     if tri is None:
         tri, bary, _ = render_photo(output)
-    labels = part_label_map(output.model, tri, bary)
-    labels[np.isin(output.observation.labels, OCCLUDER_IDS)] = 0
-    return labels
+    model = output.model
+    labels = part_label_map(model, tri, bary)
+    occluded = np.isin(output.observation.labels, OCCLUDER_IDS)
+    labels[occluded] = 0
+    if not output.config.part_bands:
+        return labels, None
+    fields, triangles = model_fields(model), model.triangles.cpu().numpy()
+    bands = choose_bands(fields, labels, tri, bary, triangles, output.observation.labels, occluded)
+    labels = apply_bands(labels, fields, bands, tri, bary, triangles)
+    labels[occluded] = 0
+    return labels, bands
+
+
+def fitted_labels(output: FitOutput, tri: np.ndarray | None = None, bary: np.ndarray | None = None) -> np.ndarray:
+    """The label map of :func:`fitted_parts`."""
+    return fitted_parts(output, tri, bary)[0]
 
 
 def texture_render(output: FitOutput, texture: np.ndarray) -> np.ndarray:
@@ -347,7 +364,7 @@ def write_result(output: FitOutput, folder: str | os.PathLike, source: str, over
     the folder exists and ``overwrite`` is False."""
     with atomic_folder(folder, overwrite) as tmp:
         tri, bary, normals = render_photo(output)
-        fitted = fitted_labels(output, tri, bary)
+        fitted, bands = fitted_parts(output, tri, bary)
         if "mesh" in exports:
             mesh = mesh_files(output)
             with held_interrupts():
@@ -372,7 +389,7 @@ def write_result(output: FitOutput, folder: str | os.PathLike, source: str, over
             "fitted_68": crop.to_photo(output.result.landmarks68.detach().cpu().numpy()).round(3).tolist(),
         }
         (tmp / "landmarks.json").write_text(json.dumps(landmarks))
-        doc = {**params_document(output, source), "exports": list(exports), "texture_size": texture_size}
+        doc = {**params_document(output, source), "part_bands": bands, "exports": list(exports), "texture_size": texture_size}
         (tmp / "params.json").write_text(json.dumps(doc, indent=1))
     return Path(folder)
 

@@ -28,8 +28,9 @@ MIN_VOTES = 5
 
 
 def landmark_only_config(base: FitConfig) -> FitConfig:
-    """The base config without its last (all-losses) stage: rigid, then shape, on landmarks."""
-    return base.with_(loss="none", stages=base.stages[:-1])
+    """The base config without its last (all-losses) stage: rigid, then shape, on landmarks; the
+    annotated parts rendered as they are (no per-fit bands: the annotation is what is checked)."""
+    return base.with_(loss="none", stages=base.stages[:-1], part_bands=False)
 
 
 @dataclass
