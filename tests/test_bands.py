@@ -13,12 +13,13 @@ from fit3dmm.config import FitConfig
 from fit3dmm.datasets import fix_left_right, read_mask
 from fit3dmm.files import read_image
 from fit3dmm.metrics import part_iou
-from fit3dmm.models.bands import BROWS, CANDIDATES, DEFAULT_BAND, apply_bands, choose_bands, kind, model_fields
+from fit3dmm.models.bands import BROWS, CANDIDATES, DEFAULT_BAND, EYES, apply_bands, choose_bands, kind, model_fields
 from fit3dmm.outputs import fitted_parts, part_label_map, render_photo
 from fit3dmm.pipeline import Pipeline
 from fit3dmm.render import rasterize
 
-BANDED = (*BROWS, "up_lip")
+BANDED = (*EYES, *BROWS, "up_lip")
+PART_IDS = (1, 4, 5, 6, 7, 11)  # skin and the banded parts' CelebAMask-HQ ids
 CELEBA_PHOTO = "00f3cdb789584cd59706977dcb122a3f"  # validation split
 
 
@@ -45,16 +46,19 @@ def test_annotated_bands_reproduce_the_annotation(ict_model, frontal):
     scores = part_iou(banded, labels, BANDED)
     # The brows' band edges are smooth where the annotation's follow the mesh's rows (RENDERED_MARGIN).
     assert min(scores["left_eyebrow"], scores["right_eyebrow"]) > 0.75 and scores["up_lip"] > 0.95, scores
+    assert scores["left_eye"] == scores["right_eye"] == 1.0  # the eyeball seen between the lids, as annotated
     # Only the banded parts and skin change.
     changed = banded != labels
-    assert np.isin(labels[changed], (1, 6, 7, 11)).all() and np.isin(banded[changed], (1, 6, 7, 11)).all()
+    assert np.isin(labels[changed], PART_IDS).all() and np.isin(banded[changed], PART_IDS).all()
 
 
 def test_search_recovers_a_planted_band(ict_model, frontal):
-    """A target drawn with thick, short brows and a higher lip border: the search finds those bands."""
+    """A target drawn with thick, short or tilted brows, a higher lip border and eyes taking in the lash
+    line: the search finds those bands."""
     labels, tri, bary, triangles = frontal
     fields = model_fields(ict_model)
-    planted = {"left_eyebrow": (0.1, 0.9, -1.625, 1.375), "right_eyebrow": (-0.1, 1.05, -0.75, 0.625), "up_lip": (0.02,)}
+    planted = {"left_eyebrow": (0.1, 0.9, -1.625, 1.375, 0.0), "right_eyebrow": (-0.1, 1.05, -0.75, 0.625, 0.5),
+               "up_lip": (0.02,), "left_eye": (0.015,), "right_eye": (0.0075,)}
     target = apply_bands(labels, fields, planted, tri, bary, triangles)
     found = choose_bands(fields, labels, tri, bary, triangles, target, np.zeros(labels.shape, bool))
     scores = part_iou(apply_bands(labels, fields, found, tri, bary, triangles), target, BANDED)
@@ -69,17 +73,20 @@ def test_a_part_the_target_lacks_or_hides_keeps_its_annotated_region(ict_model, 
     fields = model_fields(ict_model)
     target = labels.copy()
     target[target == 6] = 1  # no left brow in the segmentation
-    thick = apply_bands(labels, fields, {"right_eyebrow": (0.0, 1.0, -2.0, 2.0)}, tri, bary, triangles)
+    thick = apply_bands(labels, fields, {"right_eyebrow": (0.0, 1.0, -2.0, 2.0, 0.0)}, tri, bary, triangles)
     ignore = thick == 7  # the right brow's region is all occluded
     found = choose_bands(fields, labels, tri, bary, triangles, np.where(ignore, 7, target), ignore)
     assert "left_eyebrow" not in found and "right_eyebrow" not in found
+    # A band refines a part the fit shows; it never makes one (a closed eye's lid stays skin).
+    closed = np.where(labels == 4, 1, labels)
+    assert "left_eye" not in choose_bands(fields, closed, tri, bary, triangles, labels, np.zeros(labels.shape, bool))
     # A target that is the annotation itself: no band matches it better than the annotated region.
     assert choose_bands(fields, labels, tri, bary, triangles, labels, np.zeros(labels.shape, bool)) == {}
 
 
 def test_bands_bring_a_real_fit_closer_to_its_target(ict_model, shared_dir):
     """A real photo: the banded parts overlap the segmentation (the fit's target) at least as well as the
-    annotated ones, the brows better, and only brows, upper lip and skin change."""
+    annotated ones, the brows better, and only the banded parts and skin change."""
     root = shared_dir / "data" / "celebamask-hq"
     out = Pipeline(FitConfig.create(iterations=20), ict_model).fit(read_image(root / "images" / f"{CELEBA_PHOTO}.jpg"))
     tri, bary, _ = render_photo(out)
@@ -92,7 +99,7 @@ def test_bands_bring_a_real_fit_closer_to_its_target(ict_model, shared_dir):
     assert all(with_bands[p] >= without[p] for p in BANDED)
     assert with_bands["left_eyebrow"] + with_bands["right_eyebrow"] > without["left_eyebrow"] + without["right_eyebrow"]
     changed = banded != fixed
-    assert changed.any() and np.isin(fixed[changed], (1, 6, 7, 11)).all() and np.isin(banded[changed], (1, 6, 7, 11)).all()
+    assert changed.any() and np.isin(fixed[changed], PART_IDS).all() and np.isin(banded[changed], PART_IDS).all()
     human = fix_left_right(read_mask(root / "masks" / f"{CELEBA_PHOTO}.png"))
     assert np.nanmean(list(part_iou(banded, human, BROWS).values())) > 0.4
 
