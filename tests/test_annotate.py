@@ -53,5 +53,21 @@ def test_mean_texture_fills_unseen_vertices_from_their_neighbours(ict_model):
     data = ict_model.data
     total, count = np.zeros((data.n_vertices, 3)), np.zeros(data.n_vertices)
     total[:100], count[:100] = 0.25, 1  # only the first 100 vertices were seen, all dark grey
-    texture = mean_texture(data, total, count)
-    assert texture.shape == (data.n_vertices, 3) and np.allclose(texture, 0.25)
+    texture = mean_texture(data, data.parts, total, count)
+    eyeballs = np.isin(data.parts, [PART_NAMES.index("left_eye"), PART_NAMES.index("right_eye")])
+    assert texture.shape == (data.n_vertices, 3) and np.allclose(texture[~eyeballs], 0.25)
+
+
+def test_mean_texture_paints_each_eyeball_as_an_eye_looking_forward(ict_model):
+    """Gazes differ, so the photos' mean under an eyeball is a blur: each eyeball gets a generic eye, a dark
+    pupil at its front, the iris around it and the white beyond."""
+    data = ict_model.data
+    texture = mean_texture(data, data.parts, np.full((data.n_vertices, 3), 0.5), np.ones(data.n_vertices))
+    for eye in ("left_eye", "right_eye"):
+        ids = np.flatnonzero(data.parts == PART_NAMES.index(eye))
+        brightness = texture[ids].mean(1)
+        front = ids[np.argsort(-data.mean[ids, 2])]  # the eyeball's vertices, front-most first
+        assert texture[front[0]].mean() < 0.1  # the pupil
+        assert ((brightness > 0.2) & (brightness < 0.35)).any()  # the iris
+        side = ids[np.argmin(np.abs(data.mean[ids, 2] - np.median(data.mean[ids, 2])))]
+        assert texture[side].mean() > 0.7  # the side of the eyeball is white

@@ -21,6 +21,7 @@ from ..errors import Fit3dmmError
 from ..files import read_image
 from ..metrics import mean_part_iou
 from ..pipeline import Pipeline
+from .eyes import painted_eyeballs
 from .facemodel import PART_CELEBA_IDS, PART_NAMES, FaceModel, ModelData, skin_subset, with_parts
 
 OTHER = len(PART_NAMES)  # vote slot for any non-part label (background, hair, ears, neck, ...)
@@ -128,12 +129,14 @@ def annotate(
             progress(i + 1, len(pairs), str(image_path))
     parts = clean_parts(model.data, parts_from_votes(votes, min_votes))
     return Annotation(parts, skin_subset(model.data.mean, parts), votes, used, failures,
-                      mean_texture(model.data, colour_sum, colour_count))
+                      mean_texture(model.data, parts, colour_sum, colour_count))
 
 
-def mean_texture(data: ModelData, colour_sum: np.ndarray, count: np.ndarray) -> np.ndarray:
+def mean_texture(data: ModelData, parts: np.ndarray, colour_sum: np.ndarray, count: np.ndarray) -> np.ndarray:
     """(V, 3) mean colour per vertex; vertices never seen take the mean of their seen neighbours, spread
-    over the mesh until all have one (or the overall mean where nothing connects)."""
+    over the mesh until all have one (or the overall mean where nothing connects). With lid margins
+    (separate eyeballs: each eye part is an eyeball), the eyeballs are painted as a generic eye
+    (:func:`.eyes.painted_eyeballs`)."""
     seen = count > 0
     colour = np.where(seen[:, None], colour_sum / np.maximum(count, 1)[:, None], 0.0)
     edges = np.concatenate([data.triangles[:, [0, 1]], data.triangles[:, [1, 2]], data.triangles[:, [2, 0]]])
@@ -149,6 +152,9 @@ def mean_texture(data: ModelData, colour_sum: np.ndarray, count: np.ndarray) -> 
         grown = n > 0
         colour[grown] = total[grown] / n[grown, None]
         seen = seen | grown
+    if data.lid_margins is not None:
+        eyeballs = [np.flatnonzero(parts == PART_NAMES.index(eye)) for eye in ("left_eye", "right_eye")]
+        colour = painted_eyeballs(data.mean, [ids for ids in eyeballs if len(ids)], colour)
     return colour.astype(np.float32)
 
 
