@@ -50,7 +50,7 @@ _batch_size_option = click.option(
     help="Photos fitted at once (the same fits as one by one, faster per photo). Default: 16 on a CPU, 32 on a GPU.")
 _fixed_parts_option = click.option(
     "--fixed-parts", is_flag=True,
-    help="Render the model's annotated parts as they are, without per-fit brow and upper-lip bands (README, 'Part bands').")
+    help="Render the model's annotated parts as they are, without per-fit eye, brow and upper-lip bands (README, 'Part bands').")
 _anchors_option = click.option("--anchors", type=click.IntRange(1, 112), default=ANCHOR_GRID, show_default=True,
                                help="PRDL's anchor grid: N x N anchors over the 224 px crop.")
 

@@ -105,7 +105,7 @@ class FitConfig:
     face_index: int = 0  # which detected face, by size (0 = largest)
     anchor_grid: int = ANCHOR_GRID  # PRDL's anchors per side of the crop
     same_person: bool = False  # the photos fitted together share one identity (id coefficients)
-    # The rendered parts take per-fit brow and upper-lip extents chosen against the segmentation
+    # The rendered parts take per-fit eye, brow and upper-lip extents chosen against the segmentation
     # (fit3dmm.models.bands); False keeps the model's annotated parts.
     part_bands: bool = True
     stages: tuple[Stage, ...] = field(default_factory=default_stages)

@@ -2,7 +2,7 @@
 
 Protocol (README, "Evaluation"): each photo is fitted; the fit is rendered at the photo's resolution
 with the hard z-buffer (``fitted_labels.png``: each pixel the part of the nearest corner of the visible
-front-most triangle, the brows and upper lip within the fit's part bands, :mod:`.models.bands`); Part IoU per part of :data:`metrics.IOU_PARTS` compares it with the human mask, whose
+front-most triangle, the eyes, brows and upper lip within the fit's part bands, :mod:`.models.bands`); Part IoU per part of :data:`metrics.IOU_PARTS` compares it with the human mask, whose
 left/right parts are first relabelled by image position. Where ``<stem>.pts`` (68 points, 300-W format)
 sits beside an image, the fitted 68 landmarks' error over the outer-eye-corner distance is scored too.
 
