@@ -110,9 +110,8 @@ def fitted_parts(output: FitOutput, tri: np.ndarray | None = None, bary: np.ndar
         return labels, None
     fields, triangles = model_fields(model), model.triangles.cpu().numpy()
     bands = choose_bands(fields, labels, tri, bary, triangles, output.observation.labels, occluded)
-    labels = apply_bands(labels, fields, bands, tri, bary, triangles)
-    labels[occluded] = 0
-    return labels, bands
+    # Bands relabel only the part's and skin pixels, so occluded ones (0) stay 0.
+    return apply_bands(labels, fields, bands, tri, bary, triangles), bands
 
 
 def fitted_labels(output: FitOutput, tri: np.ndarray | None = None, bary: np.ndarray | None = None) -> np.ndarray:

@@ -164,14 +164,16 @@ def choose_bands(fields: dict[str, np.ndarray], labels: np.ndarray, tri: np.ndar
     bands = {}
     for name, field in fields.items():
         part_kind, cid = kind(name), PART_CELEBA_IDS[PART_NAMES.index(name)]
+        if not (labels == cid).any():  # a band refines a part; it never makes one
+            continue
         band = np.array(DEFAULT_BAND[part_kind], np.float64)
         flat, values = _pixels(field, cid, labels, tri, bary, triangles)
         keep = ~ignore.ravel()[flat]
         values, truth = values[keep], target.ravel()[flat[keep]] == cid
-        # Target pixels outside the relabelled region count in every candidate's union alike.
-        outside = int((target == cid).sum() - truth.sum() - ((target == cid) & ignore).sum())
-        if not truth.any() or not (labels == cid).any():  # a band refines a part; it never makes one
+        if not truth.any():
             continue
+        # Target pixels outside the relabelled region count in every candidate's union alike.
+        outside = int(((target == cid) & ~ignore).sum() - truth.sum())
         annotated = _iou(labels.ravel()[flat[keep]] == cid, truth, outside)
         best = _iou(_in_band(values, band), truth, outside)
         for _ in range(SWEEPS):
@@ -202,8 +204,6 @@ def apply_bands(labels: np.ndarray, fields: dict[str, np.ndarray], bands: dict[s
     out = labels.copy()
     flat_out = out.reshape(-1)
     for name, band in bands.items():
-        if name not in fields:
-            continue
         cid = PART_CELEBA_IDS[PART_NAMES.index(name)]
         flat, values = _pixels(fields[name], cid, labels, tri, bary, triangles)
         inside = _in_band(values, band)
