@@ -19,6 +19,12 @@ from .network import CLASS_IDS, FLIP_CLASSES, PRIOR_FLIP, ParserNet, network_inp
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "data" / "parser.pt"
 WEIGHTS_FORMAT = "fit3dmm-parser-1"
 _IDS = np.array(CLASS_IDS, np.uint8)
+#: Test-time zooms: each face is parsed in its aligned crop and in that crop magnified about its centre by
+#: each further factor; the logits, mapped back onto the crop, are averaged. Chosen among zooms 1.12, 1.2,
+#: (1.12, 1.25) and shifted 1.12 views on 100 validation photos (the tuning and headline ones); on the 94
+#: other validation photos, (1.0, 1.12) against (1.0,) raised the parser's mean part IoU by +0.58 points
+#: (95% bootstrap interval +0.43 to +0.74; README, "Face parser").
+ZOOMS = (1.0, 1.12)
 
 
 def save_weights(net: ParserNet, size: int, path: str | os.PathLike, meta: dict) -> None:
@@ -34,12 +40,29 @@ def save_weights(net: ParserNet, size: int, path: str | os.PathLike, meta: dict)
     os.replace(tmp, path)
 
 
-def crops_for(image: np.ndarray, meshes: list[np.ndarray], size: int, prior: bool):
-    """Aligned crops (B, S, S, 3), polygon priors (B, S, S) or None, and the crops' transforms."""
-    crops = [AlignedCrop.from_mesh(m, size) for m in meshes]
+def crops_for(image: np.ndarray, meshes: list[np.ndarray], size: int, prior: bool,
+              crops: list[AlignedCrop] | None = None):
+    """Aligned crops (B, S, S, 3), polygon priors (B, S, S) or None, and the crops' transforms (given, or
+    aligned to the meshes)."""
+    crops = crops or [AlignedCrop.from_mesh(m, size) for m in meshes]
     images = np.stack([c.warp(image) for c in crops])
     priors = np.stack([draw_polygons(c.to_crop(m[:, :2]), (size, size)) for c, m in zip(crops, meshes)]) if prior else None
     return images, priors, crops
+
+
+def zoom_affine(zoom: float, size: int) -> np.ndarray:
+    """(2, 3) map of crop pixels to the pixels of the same crop magnified ``zoom`` times about its centre."""
+    c = (size - 1) / 2
+    return np.array([[zoom, 0.0, c * (1 - zoom)], [0.0, zoom, c * (1 - zoom)]])
+
+
+def unzoom_logits(logits: torch.Tensor, zoom: float) -> torch.Tensor:
+    """Logits (B, C, h, w) of crops magnified ``zoom`` times (:func:`zoom_affine`) resampled onto the unmagnified
+    crops, bilinearly; beyond what the magnified crop saw (its border, for zoom > 1) the edge logits repeat.
+    In normalized coordinates the magnification is a plain scaling, whatever the logits' resolution."""
+    theta = logits.new_tensor([[zoom, 0.0, 0.0], [0.0, zoom, 0.0]]).expand(len(logits), 2, 3)
+    grid = F.affine_grid(theta, list(logits.shape), align_corners=False)
+    return F.grid_sample(logits, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def mirror_input(x: torch.Tensor) -> torch.Tensor:
@@ -63,8 +86,9 @@ class FaceParser:
     name = "parser"
 
     def __init__(self, net: ParserNet, size: int, device: torch.device | str = "cpu", meta: dict | None = None,
-                 mirror: bool = True):
+                 mirror: bool = True, zooms: tuple[float, ...] = ZOOMS):
         self.mirror = mirror  # also parse the mirrored crop and average (see mirror_input)
+        self.zooms = zooms  # the magnifications parsed and averaged (see ZOOMS)
         self.device = torch.device(device)
         self.size = size
         self.meta = meta or {}
@@ -98,12 +122,19 @@ class FaceParser:
 
     def segment_faces(self, image: np.ndarray, meshes: list[np.ndarray]) -> np.ndarray:
         """One label map for several faces of a photo; where crops overlap, larger faces win."""
-        images, priors, crops = crops_for(image, meshes, self.size, self.net.prior)
+        crops = [AlignedCrop.from_mesh(m, self.size) for m in meshes]
+        n = len(crops)
         with torch.inference_mode():
-            x = network_input(images, priors, self.device)
-            logits = self.net(x)
+            # Every view (zooms, mirrored) of every face in one batch: one network call (faster than several).
+            x = torch.cat([network_input(*crops_for(image, meshes, self.size, self.net.prior,
+                                                    [c.then(zoom_affine(z, self.size)) for c in crops])[:2], self.device)
+                           for z in self.zooms])
             if self.mirror:
-                logits = (logits + mirror_logits(self.net(mirror_input(x)))) / 2
+                x = torch.cat([x, mirror_input(x)])
+            views = self.net(x)
+            if self.mirror:
+                views = (views[: len(views) // 2] + mirror_logits(views[len(views) // 2 :])) / 2
+            logits = sum(v if z == 1.0 else unzoom_logits(v, z) for z, v in zip(self.zooms, views.split(n))) / len(self.zooms)
         out = np.zeros(image.shape[:2], np.uint8)
         for i in np.argsort([-c.photo_pixels_per_crop_pixel for c in crops]):  # smallest face first
             crop = crops[i]
