@@ -19,7 +19,8 @@ ALBEDO_SMOOTH_WEIGHT = 1.0
 #: Default weight of each segmentation loss, tuned the same way for all (README, "Comparing losses"):
 #: each loss ran at 1/4, 1 and 4 times its previous default on the tuning photos (validation photos
 #: 120-139, full mode), and further in steps of 4 while the best was at an end of the tried range; the
-#: peak is kept (PRDL's tie between 1.2e-3 and 4.8e-3 went to the better fit against its target).
+#: peak is kept (PRDL's tie between 1.2e-3 and 4.8e-3 went to the better fit against its target). Re-tuned
+#: with the part bands: only ICP's peak moved (0.128 -> 0.032).
 SEG_WEIGHTS = {"prdl": PRDL_WEIGHT, "iou": 0.025, "chamfer": 0.008, "dcd": 2.0, "icp": 0.032, "icp-rev": 0.0025}
 #: "full": the segmentation loss joins the landmark and photometric terms. "seg-only" (the paper's
 #: ablation): after the landmark-only rigid stage, shape and pose follow the segmentation loss alone.
