@@ -125,7 +125,7 @@ class FaceParser:
         crops = [AlignedCrop.from_mesh(m, self.size) for m in meshes]
         n = len(crops)
         with torch.inference_mode():
-            # Every view (zooms, mirrored) of every face in one batch: one network call (faster than several).
+            # Every view (zooms, mirrored) of every face in one batch: one network call per photo.
             x = torch.cat([network_input(*crops_for(image, meshes, self.size, self.net.prior,
                                                     [c.then(zoom_affine(z, self.size)) for c in crops])[:2], self.device)
                            for z in self.zooms])
