@@ -18,10 +18,13 @@ from fit3dmm.pipeline import Pipeline
 #: such a difference and Adam carries it along. Measured over 3 photos (default fit with prdl; 10 final
 #: iterations with iou and dcd): most agree to 1e-4; the largest differences were 0.0094 cm on vertices,
 #: 0.085 px on landmarks, 0.024 on identity, 0.005 cm on translation, 2e-4 rad on angles, 29 of 9409
-#: vertices' visibility (dcd). The bounds leave ~5x that, far below any mix-up between photos.
+#: vertices' visibility (dcd). The bounds leave ~5x that, far below any mix-up between photos. Depth is the
+#: exception: the image barely constrains it (0.034 cm at 123 cm, iou, once the parser's zoom changed the
+#: targets, moved the landmarks 0.03 px), so it gets 0.1 cm, a 0.08% change of scale.
 VERTEX_TOL_CM = 0.05
 LANDMARK_TOL_PX = 0.5
 PARAM_TOL = {"angles": 1e-3, "translation": 0.03, "id": 0.1, "exp": 0.01, "gamma": 2e-3}
+DEPTH_TOL_CM = 0.1
 MAX_VISIBILITY_FLIPS = 150
 
 
@@ -44,6 +47,9 @@ def test_a_batch_fits_each_photo_as_alone(prepared, loss, iterations):
             if name == "albedo":  # free per vertex: one whose pixels flip triangle by rounding drifts alone
                 diff = (b.result.params[name] - value).abs()
                 assert diff.mean() < 1e-3 and diff.max() < 0.1
+            elif name == "translation":
+                torch.testing.assert_close(b.result.params[name][:2], value[:2], atol=PARAM_TOL[name], rtol=0)
+                assert abs(float(b.result.params[name][2] - value[2])) < DEPTH_TOL_CM
             else:
                 torch.testing.assert_close(b.result.params[name], value, atol=PARAM_TOL[name], rtol=0)
         assert (a.result.landmarks68 - b.result.landmarks68).norm(dim=-1).max() < LANDMARK_TOL_PX
