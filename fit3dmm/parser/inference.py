@@ -126,14 +126,15 @@ class FaceParser:
         n = len(crops)
         with torch.inference_mode():
             # Every view (zooms, mirrored) of every face in one batch: one network call per photo.
-            x = torch.cat([network_input(*crops_for(image, meshes, self.size, self.net.prior,
-                                                    [c.then(zoom_affine(z, self.size)) for c in crops])[:2], self.device)
-                           for z in self.zooms])
+            zoomed = [c.then(zoom_affine(z, self.size)) for z in self.zooms for c in crops]
+            images, priors, _ = crops_for(image, meshes * len(self.zooms), self.size, self.net.prior, zoomed)
+            x = network_input(images, priors, self.device)
             if self.mirror:
                 x = torch.cat([x, mirror_input(x)])
             views = self.net(x)
             if self.mirror:
-                views = (views[: len(views) // 2] + mirror_logits(views[len(views) // 2 :])) / 2
+                plain, mirrored = views.chunk(2)
+                views = (plain + mirror_logits(mirrored)) / 2
             logits = sum(v if z == 1.0 else unzoom_logits(v, z) for z, v in zip(self.zooms, views.split(n))) / len(self.zooms)
         out = np.zeros(image.shape[:2], np.uint8)
         for i in np.argsort([-c.photo_pixels_per_crop_pixel for c in crops]):  # smallest face first
