@@ -33,8 +33,10 @@ def inputs(shared_dir, tmp_path_factory):
 
 
 def _results(out: Path) -> dict[str, tuple[int, int]]:
-    """Each finished result's params.json identity (inode, modification time)."""
-    return {p.parent.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*/params.json")}
+    """Each finished result's params.json identity (inode, modification time). A hidden folder is a result
+    being written (renamed into place when done, possibly between the glob and the stat), so not one yet."""
+    return {p.parent.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*/params.json")
+            if not p.parent.name.startswith(".")}
 
 
 def _visible(out: Path) -> set[str]:
