@@ -53,7 +53,8 @@ test: setup check-shared $(VENV)/.ray browser-tools
 bench: setup check-shared
 	$(BIN)/python -m fit3dmm.bench
 
-# Regenerates the shipped part annotation of the ICT model from CelebAMask-HQ (about 8 min here).
+# Regenerates the shipped part annotation and mean texture of the ICT model from CelebAMask-HQ (about 30 min
+# here: 8 min of voting, 21 of painting through full fits).
 annotate: setup check-shared
 	FIT3DMM_MODELS=$(abspath .annotate) $(BIN)/fit3dmm model import-ict --no-parts "$(SHARED)/models/ict-facekit/ict_facekit_light.npz"
 	FIT3DMM_MODELS=$(abspath .annotate) $(BIN)/fit3dmm model annotate ict \

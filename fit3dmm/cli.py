@@ -661,12 +661,15 @@ def show_cmd(model_name, out) -> None:
 @click.option("--check", default=40, show_default=True, help="Validation-split photos to score the annotation on (0 = skip).")
 @click.option("--export", type=click.Path(path_type=Path),
               help="Also write the annotation alone (parts, skin_subset, mean_texture) to this .npz.")
-def annotate_cmd(model_name, images, masks, limit, check, export) -> None:
-    """Label MODEL's vertices with parts by voting on labelled photos (CelebAMask-HQ layout), and save it into the model."""
+@click.option("--texture-only", is_flag=True,
+              help="Keep MODEL's parts; only paint its mean texture again through fits with them.")
+def annotate_cmd(model_name, images, masks, limit, check, export, texture_only) -> None:
+    """Label MODEL's vertices with parts by voting on labelled photos (CelebAMask-HQ layout), paint its mean
+    texture through full fits with those parts, and save both into the model."""
     from .datasets import image_mask_pairs, split_pairs
     from .files import check_output_dir
     from .models import PART_NAMES, FaceModel, load_model, resolve_model, save_model
-    from .models.annotate import annotate, apply_annotation, score_annotation
+    from .models.annotate import annotate, apply_annotation, score_annotation, texture_from_fits
     from .outputs import write_atomic
 
     try:
@@ -681,23 +684,38 @@ def annotate_cmd(model_name, images, masks, limit, check, export) -> None:
         _fail(error_text(e))
     train = split_pairs(pairs, "train")[:limit]
     val = split_pairs(pairs, "val")[:check]
+    if texture_only:
+        if (data.parts < 0).all():
+            _fail(f"model '{model_name}' has no parts to paint a texture with; run without --texture-only")
+        annotated = data
+    else:
+        with _progress() as bar:
+            task = bar.add_task("voting", total=len(train), info="")
+            result = annotate(FaceModel(data), train, progress=lambda i, n, name: bar.update(task, completed=i, info=Path(name).name))
+        for image, message in result.failures:
+            console.print(f"[yellow]skipped[/yellow] {image}: {message}")
+        annotated = apply_annotation(data, result, f"fit3dmm model annotate on {result.photos_used} photos of {images}")
     with _progress() as bar:
-        task = bar.add_task("voting", total=len(train), info="")
-        result = annotate(FaceModel(data), train, progress=lambda i, n, name: bar.update(task, completed=i, info=Path(name).name))
-    for image, message in result.failures:
-        console.print(f"[yellow]skipped[/yellow] {image}: {message}")
-    annotated = apply_annotation(data, result, f"fit3dmm model annotate on {result.photos_used} photos of {images}")
+        task = bar.add_task("painting", total=len(train), info="")
+        texture, failures = texture_from_fits(FaceModel(annotated), train,
+                                              progress=lambda i, n, name: bar.update(task, completed=i, info=Path(name).name))
+    annotated.mean_texture = texture
+    if texture_only:  # nothing was voted: report the painting's skips here
+        for image, message in failures:
+            console.print(f"[yellow]skipped[/yellow] {image}: {message}")
     try:
         save_model(annotated, path)
         if export:
             write_atomic(export, lambda tmp: np.savez_compressed(
-                tmp, parts=result.parts.astype(np.int8), skin_subset=result.skin_subset.astype(np.int32),
-                mean_texture=(result.mean_texture * 255).round().astype(np.uint8)))
+                tmp, parts=annotated.parts.astype(np.int8), skin_subset=annotated.skin_subset.astype(np.int32),
+                mean_texture=(texture * 255).round().astype(np.uint8)))
     except OSError as e:
         _fail(error_text(e))
-    counts = {name: int((result.parts == k).sum()) for k, name in enumerate(PART_NAMES)}
-    console.print(f"voted on {result.photos_used} photos; vertices per part: {counts}")
-    if val:
+    if not texture_only:
+        counts = {name: int((result.parts == k).sum()) for k, name in enumerate(PART_NAMES)}
+        console.print(f"voted on {result.photos_used} photos; vertices per part: {counts}")
+    console.print(f"painted the mean texture through fits of {len(train) - len(failures)} photos")
+    if val and not texture_only:
         with _progress() as bar:
             task = bar.add_task("scoring", total=len(val), info="")
             scores = score_annotation(FaceModel(annotated), val, progress=lambda i, n, name: bar.update(task, completed=i))

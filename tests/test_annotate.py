@@ -1,10 +1,11 @@
 """Part annotation by voting on labelled photos."""
 
+import cv2
 import numpy as np
 
 from fit3dmm.datasets import image_mask_pairs
 from fit3dmm.models import PART_NAMES
-from fit3dmm.models.annotate import annotate, clean_parts, mean_texture, parts_from_votes
+from fit3dmm.models.annotate import annotate, clean_parts, mean_texture, parts_from_votes, texture_from_fits
 from fit3dmm.models.ict import EYEBALLS, FACE
 
 
@@ -71,3 +72,23 @@ def test_mean_texture_paints_each_eyeball_as_an_eye_looking_forward(ict_model):
         assert ((brightness > 0.2) & (brightness < 0.35)).any()  # the iris
         side = ids[np.argmin(np.abs(data.mean[ids, 2] - np.median(data.mean[ids, 2])))]
         assert texture[side].mean() > 0.7  # the side of the eyeball is white
+
+
+def test_texture_from_fits_averages_only_the_head_surface_and_skips_photos_without_a_face(ict_model, shared_dir, tmp_path):
+    """Photo colour counts where the human mask shows the head's surface: a photo whose mask is all hair
+    changes nothing, a photo without a face is listed and skipped, and the brows come out darker than the
+    cheeks' skin."""
+    root = shared_dir / "data" / "celebamask-hq"
+    (image, mask), (other, _) = image_mask_pairs(root / "images", root / "masks")[:2]
+    hair = tmp_path / "hair.png"
+    cv2.imwrite(str(hair), np.full((512, 512), 13, np.uint8))
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((512, 512, 3), 128, np.uint8))
+    alone, none_failed = texture_from_fits(ict_model, [(image, mask)], batch_size=1)
+    texture, failures = texture_from_fits(ict_model, [(image, mask), (other, hair), (blank, mask)], batch_size=1)
+    assert not none_failed and [f[0] for f in failures] == [str(blank)]
+    assert texture.shape == (ict_model.n_vertices, 3) and np.array_equal(texture, alone)
+    parts = ict_model.data.parts
+    brows = np.isin(parts, [PART_NAMES.index("left_eyebrow"), PART_NAMES.index("right_eyebrow")])
+    cheeks = (parts == PART_NAMES.index("skin")) & (np.abs(ict_model.data.mean[:, 1] - ict_model.data.mean[parts == PART_NAMES.index("nose"), 1].mean()) < 1)
+    assert texture[brows].mean() < texture[cheeks].mean() - 0.1
