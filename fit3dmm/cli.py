@@ -657,7 +657,7 @@ def show_cmd(model_name, out) -> None:
 @click.argument("model_name")
 @click.option("--images", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--masks", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--limit", type=int, help="Vote on at most this many photos (of the train split).")
+@click.option("--limit", type=int, help="Vote and paint with at most this many photos (of the train split).")
 @click.option("--check", default=40, show_default=True, help="Validation-split photos to score the annotation on (0 = skip).")
 @click.option("--export", type=click.Path(path_type=Path),
               help="Also write the annotation alone (parts, skin_subset, mean_texture) to this .npz.")

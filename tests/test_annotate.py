@@ -92,3 +92,30 @@ def test_texture_from_fits_averages_only_the_head_surface_and_skips_photos_witho
     brows = np.isin(parts, [PART_NAMES.index("left_eyebrow"), PART_NAMES.index("right_eyebrow")])
     cheeks = (parts == PART_NAMES.index("skin")) & (np.abs(ict_model.data.mean[:, 1] - ict_model.data.mean[parts == PART_NAMES.index("nose"), 1].mean()) < 1)
     assert texture[brows].mean() < texture[cheeks].mean() - 0.1
+
+
+def test_annotate_command_repaints_the_texture_and_keeps_the_parts(ict_npz, shared_dir, tmp_path, monkeypatch):
+    """`model annotate --texture-only` keeps a model's parts and saves a newly painted texture into the
+    model and the export; a model without parts gets a one-line error instead."""
+    from click.testing import CliRunner
+
+    from fit3dmm.cli import main
+    from fit3dmm.models import load_model, save_model
+    from fit3dmm.models.ict import import_ict
+
+    monkeypatch.setenv("FIT3DMM_MODELS", str(tmp_path))
+    save_model(import_ict(ict_npz), tmp_path / "ict.npz")
+    save_model(import_ict(ict_npz, name="bare", with_parts=False), tmp_path / "bare.npz")
+    before = load_model(tmp_path / "ict.npz")
+    root = shared_dir / "data" / "celebamask-hq"
+    args = ["--images", str(root / "images"), "--masks", str(root / "masks"), "--limit", "2", "--check", "0", "--texture-only"]
+    bare = CliRunner().invoke(main, ["model", "annotate", "bare", *args])
+    assert bare.exit_code != 0 and "Traceback" not in bare.output and "has no parts" in bare.output
+    export = tmp_path / "parts.npz"
+    result = CliRunner().invoke(main, ["model", "annotate", "ict", *args, "--export", str(export)])
+    assert result.exit_code == 0, result.output
+    assert "painted the mean texture through fits of 2 photos" in result.output
+    after, exported = load_model(tmp_path / "ict.npz"), np.load(export)
+    assert np.array_equal(after.parts, before.parts) and np.array_equal(exported["parts"], before.parts)
+    assert np.abs(after.mean_texture - before.mean_texture).max() > 0.1
+    assert np.abs(exported["mean_texture"] / 255.0 - after.mean_texture).max() <= 0.5 / 255 + 1e-6
