@@ -13,7 +13,7 @@ from torch import Tensor
 from .camera import MODEL_TO_CAMERA, Camera, View, rotation_matrix
 from .config import FitConfig, Stage
 from .losses import Frame, make_loss
-from .models.facemodel import FaceModel
+from .models.facemodel import PART_NAMES, FaceModel
 from .render import rasterize, vertex_normals, vertex_visibility
 from .render.shading import SH_COEFFS
 from .target import FitTarget, TargetBatch
@@ -126,9 +126,15 @@ class Fitter:
         if m.has_albedo_basis:
             params["albedo"] = torch.zeros(m.n_albedo, device=dev)
         else:
-            # Start the free albedo at the face's mean colour undone by the initial ambient light.
+            # Start the free albedo at the face's mean colour undone by the initial ambient light: the model's
+            # mean texture scaled per channel to that colour on its skin, else that colour everywhere.
             ambient = AMBIENT_INIT * math.pi / math.sqrt(4 * math.pi)
-            params["albedo"] = (mean_colour / ambient).clamp(0, 1).expand(m.n_vertices, 3).clone()
+            colour = (mean_colour / ambient).clamp(0, 1)
+            if m.texture is not None:
+                skin = m.texture[m.parts == PART_NAMES.index("skin")].mean(0)
+                params["albedo"] = (m.texture * (colour / skin.clamp(min=1e-3))).clamp(0, 1)
+            else:
+                params["albedo"] = colour.expand(m.n_vertices, 3).clone()
         return params
 
     def frame(self, params: dict[str, Tensor], raster: bool, vertices: Tensor | None = None,

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from fit3dmm.config import FitConfig
 from fit3dmm.datasets import fix_left_right, read_mask, read_pts
@@ -53,3 +54,45 @@ def test_prdl_moves_fitted_parts_towards_target(ict_model, shared_dir):
         scores[loss] = (to_target, to_human)
     assert scores["prdl"][0] > scores["none"][0] + 0.02
     assert scores["prdl"][1] > scores["none"][1]
+
+
+def test_free_albedo_starts_at_the_mean_texture_in_the_photos_skin_colour(pipeline, ict_model, shared_dir):
+    """The free albedo starts as the model's mean texture scaled per channel to the photo's face colour:
+    proportional to the texture where it is not clipped to [0, 1] (a bright photo clips the eye whites and
+    much of the skin's red), so the brows start darker than the skin."""
+    from fit3dmm.models import PART_NAMES
+    from fit3dmm.target import TargetBatch
+
+    image, _ = _celeba_pair(shared_dir, CELEBA_PHOTO)
+    target = pipeline.prepare(image).target
+    albedo = pipeline.make_fitter(FitConfig()).init_params(TargetBatch.stack([target]))["albedo"][0]
+    parts, texture = ict_model.parts, ict_model.texture
+    skin = parts == PART_NAMES.index("skin")
+    brows = (parts == PART_NAMES.index("left_eyebrow")) | (parts == PART_NAMES.index("right_eyebrow"))
+    assert albedo[brows].mean() < albedo[skin].mean() - 0.05
+    unclamped = (albedo > 0).all(1) & (albedo < 1).all(1)
+    ratio = albedo[unclamped] / texture[unclamped]
+    assert unclamped.float().mean() > 0.3 and torch.allclose(ratio, ratio[:1].expand_as(ratio), rtol=1e-4)
+
+
+def test_albedo_prior_ignores_a_per_channel_scale_and_grows_with_the_departure_from_the_texture(ict_model, ict_npz):
+    """Zero for the texture scaled per channel, larger the further the albedo is from it; zero for a model
+    without a mean texture."""
+    from types import SimpleNamespace
+
+    from fit3dmm.losses import make_loss
+    from fit3dmm.models import FaceModel
+    from fit3dmm.models.ict import import_ict
+
+    texture = ict_model.texture
+    prior = make_loss("albedo_prior", ict_model, None)
+    def value(albedo):
+        return prior(SimpleNamespace(params={"albedo": albedo}, screen=albedo))
+    scaled = torch.stack([texture * torch.tensor([0.5, 0.8, 1.2]), texture * 0.3])  # (2, V, 3)
+    assert torch.allclose(value(scaled), torch.zeros(2), atol=1e-10)
+    flat = texture.mean(0).expand_as(texture)[None]
+    half = (0.5 * texture + 0.5 * texture.mean(0))[None]
+    assert value(flat) > value(half) > 1e-4
+    bare = FaceModel(import_ict(ict_npz, with_parts=False))
+    assert bare.texture is None
+    assert make_loss("albedo_prior", bare, None)(SimpleNamespace(params={"albedo": flat}, screen=flat)).item() == 0

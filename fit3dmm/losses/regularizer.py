@@ -33,3 +33,21 @@ class AlbedoSmoothness(Loss):
             return frame.screen.new_zeros(frame.screen.shape[0])
         a, edges = frame.params["albedo"], self.model.edges
         return ((gather_vertices(a, edges[:, 0]) - gather_vertices(a, edges[:, 1])) ** 2).sum(-1).mean(-1)
+
+
+@register
+class AlbedoPrior(Loss):
+    """For a free per-vertex albedo and a model with a mean texture: the mean squared difference between
+    the albedo and that texture scaled per channel (least squares, per photo, no gradient through the
+    scale), so the albedo keeps the texture's dark brows, red lips and white eyes unless the photo says
+    otherwise, and the photometric term has parts to align. Zero otherwise."""
+
+    name = "albedo_prior"
+
+    def __call__(self, frame: Frame):
+        t = self.model.texture
+        if self.model.has_albedo_basis or t is None:
+            return frame.screen.new_zeros(frame.screen.shape[0])
+        a = frame.params["albedo"]  # (B, V, 3)
+        scale = ((a * t).sum(-2, keepdim=True) / (t * t).sum(-2, keepdim=True)).detach()  # (B, 1, 3)
+        return ((a - scale * t) ** 2).sum(-1).mean(-1)

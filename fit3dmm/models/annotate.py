@@ -11,7 +11,7 @@ full fits with the new annotation (:func:`texture_from_fits`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -145,9 +145,11 @@ def texture_from_fits(
     fit (``config``, default the default fit), the photo's colour under each visible vertex averaged over
     the photos whose human mask shows the head's surface there (not hair, glasses, hat or background),
     then :func:`mean_texture`. Full fits rather than the vote's landmark-only ones, because they place the
-    parts on the photo's (README, "Evaluation": a sharper average, +1.7 points of the paper protocol on
-    tuning photos). Photos that fail are skipped and listed."""
-    pipeline = Pipeline(config or FitConfig(), model)
+    parts on the photo's (README, "Comparing losses", paper protocol: a sharper average, +1.7 points of
+    that protocol on tuning photos). Photos that fail are skipped and listed. The fits ignore the model's current texture
+    (their albedo starts uniform), so the result does not depend on it."""
+    untextured = FaceModel(replace(model.data, mean_texture=None)).to(model.mean.device)
+    pipeline = Pipeline(config or FitConfig(), untextured)
     surface = np.zeros(256, dtype=bool)
     surface[list(FACE_SURFACE_IDS)] = True
     colour_sum, count = np.zeros((model.n_vertices, 3)), np.zeros(model.n_vertices)

@@ -25,7 +25,8 @@ lid_margins          (4, L) i32       optional, for models with separate eyeball
                                       are then the openings between them (:mod:`.eyes`)
 mean_texture         (V, 3) f32       optional: a fixed colour per vertex in [0, 1] (the mean photo
                                       colour under it, from ``model annotate``), for renders that
-                                      must not depend on the photo (``eval --protocol paper``)
+                                      must not depend on the photo (``eval --protocol paper``), and
+                                      the start and prior of a free albedo (``albedo_prior``)
 uv                   (T, 2) f32       optional: texture coordinates in [0, 1], OBJ convention
                                       (origin bottom left, v up); with face_uv
 face_uv              (F, 3) i32       per triangle corner, its row of ``uv`` (a vertex on a UV
@@ -266,6 +267,8 @@ class FaceModel(nn.Module):
         if self.has_albedo_basis:
             self.register_buffer("albedo_mean", f32(data.albedo_mean))
             self.register_buffer("albedo_basis", f32(data.albedo_basis.reshape(-1, v * 3).T))
+        # The mean texture (the free albedo's start and prior), or None for a model without one.
+        self.register_buffer("texture", f32(data.mean_texture) if data.mean_texture is not None else None)
         rng = data.meta.get("expression_range")
         self.expression_range = tuple(rng) if rng else None
         self.has_lid_margins = data.lid_margins is not None
