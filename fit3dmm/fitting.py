@@ -131,8 +131,9 @@ class Fitter:
             ambient = AMBIENT_INIT * math.pi / math.sqrt(4 * math.pi)
             colour = (mean_colour / ambient).clamp(0, 1)
             if m.texture is not None:
-                skin = m.texture[m.parts == PART_NAMES.index("skin")].mean(0)
-                params["albedo"] = (m.texture * (colour / skin.clamp(min=1e-3))).clamp(0, 1)
+                skin = m.parts == PART_NAMES.index("skin")
+                reference = (m.texture[skin] if skin.any() else m.texture).mean(0)  # a model without parts: all
+                params["albedo"] = (m.texture * (colour / reference.clamp(min=1e-3))).clamp(0, 1)
             else:
                 params["albedo"] = colour.expand(m.n_vertices, 3).clone()
         return params

@@ -96,3 +96,20 @@ def test_albedo_prior_ignores_a_per_channel_scale_and_grows_with_the_departure_f
     bare = FaceModel(import_ict(ict_npz, with_parts=False))
     assert bare.texture is None
     assert make_loss("albedo_prior", bare, None)(SimpleNamespace(params={"albedo": flat}, screen=flat)).item() == 0
+
+
+def test_a_textured_model_without_parts_starts_its_albedo_from_the_whole_texture(ict_model, shared_dir):
+    """No skin to scale by: the whole texture's mean is the reference, not NaN."""
+    from dataclasses import replace
+
+    from fit3dmm.models import FaceModel
+    from fit3dmm.models.facemodel import with_parts
+    from fit3dmm.target import TargetBatch
+
+    bare = with_parts(ict_model.data, -np.ones(ict_model.n_vertices, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    model = FaceModel(replace(bare, mean_texture=ict_model.data.mean_texture))
+    pipeline = Pipeline(FitConfig.create(loss="none"), model)
+    image, _ = _celeba_pair(shared_dir, CELEBA_PHOTO)
+    batch = TargetBatch.stack([pipeline.prepare(image).target])
+    albedo = pipeline.make_fitter(FitConfig.create(loss="none")).init_params(batch)["albedo"][0]
+    assert torch.isfinite(albedo).all() and albedo.std(0).min() > 0.05
