@@ -685,7 +685,7 @@ def annotate_cmd(model_name, images, masks, limit, check, export, texture_only) 
     train = split_pairs(pairs, "train")[:limit]
     val = split_pairs(pairs, "val")[:check]
     if texture_only:
-        if (data.parts < 0).all():
+        if not data.has_parts:
             _fail(f"model '{model_name}' has no parts to paint a texture with; run without --texture-only")
         annotated = data
     else:

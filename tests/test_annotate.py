@@ -90,7 +90,8 @@ def test_texture_from_fits_averages_only_the_head_surface_and_skips_photos_witho
     assert texture.shape == (ict_model.n_vertices, 3) and np.array_equal(texture, alone)
     parts = ict_model.data.parts
     brows = np.isin(parts, [PART_NAMES.index("left_eyebrow"), PART_NAMES.index("right_eyebrow")])
-    cheeks = (parts == PART_NAMES.index("skin")) & (np.abs(ict_model.data.mean[:, 1] - ict_model.data.mean[parts == PART_NAMES.index("nose"), 1].mean()) < 1)
+    nose_height = ict_model.data.mean[parts == PART_NAMES.index("nose"), 1].mean()
+    cheeks = (parts == PART_NAMES.index("skin")) & (np.abs(ict_model.data.mean[:, 1] - nose_height) < 1)
     assert texture[brows].mean() < texture[cheeks].mean() - 0.1
 
 

@@ -44,10 +44,15 @@ class AlbedoPrior(Loss):
 
     name = "albedo_prior"
 
+    def __init__(self, model, target):
+        super().__init__(model, target)
+        t = model.texture
+        self.active = t is not None and not model.has_albedo_basis
+        self.texture_norm = (t * t).sum(0) if self.active else None  # (3,): the scale's denominator, once
+
     def __call__(self, frame: Frame):
-        t = self.model.texture
-        if self.model.has_albedo_basis or t is None:
+        if not self.active:
             return frame.screen.new_zeros(frame.screen.shape[0])
-        a = frame.params["albedo"]  # (B, V, 3)
-        scale = ((a * t).sum(-2, keepdim=True) / (t * t).sum(-2, keepdim=True)).detach()  # (B, 1, 3)
+        a, t = frame.params["albedo"], self.model.texture  # (B, V, 3), (V, 3)
+        scale = ((a * t).sum(-2, keepdim=True) / self.texture_norm).detach()  # (B, 1, 3)
         return ((a - scale * t) ** 2).sum(-1).mean(-1)

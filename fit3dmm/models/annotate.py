@@ -146,14 +146,12 @@ def texture_from_fits(
     the photos whose human mask shows the head's surface there (not hair, glasses, hat or background),
     then :func:`mean_texture`. Full fits rather than the vote's landmark-only ones, because they place the
     parts on the photo's (README, "Comparing losses", paper protocol: a sharper average, +1.7 points of
-    that protocol on tuning photos). Photos that fail are skipped and listed. The fits ignore the model's current texture
-    (their albedo starts uniform), so the result does not depend on it."""
+    that protocol on tuning photos). Photos that fail are skipped and listed. The fits ignore the model's
+    current texture (their albedo starts uniform), so the result does not depend on it."""
     untextured = FaceModel(replace(model.data, mean_texture=None)).to(model.mean.device)
     pipeline = Pipeline(config or FitConfig(), untextured)
-    surface = np.zeros(256, dtype=bool)
-    surface[list(FACE_SURFACE_IDS)] = True
     colour_sum, count = np.zeros((model.n_vertices, 3)), np.zeros(model.n_vertices)
-    failures, done = [], 0
+    failures = []
     for start in range(0, len(pairs), batch_size):
         ready = []
         for image_path, mask_path in pairs[start : start + batch_size]:
@@ -165,7 +163,7 @@ def texture_from_fits(
         outs = pipeline.fit_batch([p for _, _, p in ready]) if ready else []
         for (image, mask, _), out in zip(ready, outs):
             ids, xy = seen_vertices(out, mask.shape)
-            keep = surface[mask[xy[:, 1], xy[:, 0]]]
+            keep = np.isin(mask[xy[:, 1], xy[:, 0]], FACE_SURFACE_IDS)
             np.add.at(colour_sum, ids[keep], image[xy[keep, 1], xy[keep, 0]] / 255.0)
             np.add.at(count, ids[keep], 1)
         done = min(start + batch_size, len(pairs))
