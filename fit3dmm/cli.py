@@ -779,3 +779,19 @@ def parser_train_cmd(data, out, epochs, batch_size, lr, prior, seed, limit, val_
         except (Fit3dmmError, OSError) as e:
             _fail(error_text(e))
     console.print(f"wrote {out} (validation IoU {record['val_iou']['mean']:.4f})")
+
+
+@parser.command("combine")
+@click.argument("weights", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Weights file to write.")
+def parser_combine_cmd(weights, out) -> None:
+    """Combine parser WEIGHTS files into one ensemble (their networks' logits are averaged)."""
+    from .parser.inference import combine_weights
+
+    if len(weights) < 2:
+        _fail("give two or more weights files to combine")
+    try:
+        combined = combine_weights(weights, out)
+    except (Fit3dmmError, OSError) as e:
+        _fail(error_text(e))
+    console.print(f"wrote {out} ({len(combined.nets)} networks)")

@@ -202,7 +202,7 @@ def build_corpus(root: Path, shared: Path, model_file: Path) -> dict[str, Case]:
     (files / "empty.pt").touch()
     parse_weights("empty", files / "empty.pt", "cannot read parser weights")
     doc = torch.load(DEFAULT_WEIGHTS, weights_only=True)
-    torch.save({**doc, "widths": [100000] * 5}, files / "huge.pt")
+    torch.save({**doc, "members": [{**doc["members"][0], "widths": [100000] * 5}]}, files / "huge.pt")
     parse_weights("huge-layers", files / "huge.pt", "malformed parser weights")
 
     def resume(name: str, checkpoint_writer, expect: str) -> None:

@@ -14,8 +14,11 @@ from fit3dmm.datasets import fix_left_right, read_mask, split_of
 from fit3dmm.files import read_image
 from fit3dmm.metrics import IOU_PARTS, part_iou
 from fit3dmm.parser.align import AlignedCrop
-from fit3dmm.parser.inference import FaceParser, crops_for, mirror_input, mirror_logits, unzoom_logits, zoom_affine
-from fit3dmm.parser.network import CLASS_IDS, PRIOR_IDS, network_input
+from fit3dmm.parser.inference import (
+    DEFAULT_WEIGHTS, FaceParser, combine_weights, crops_for, mirror_input, mirror_logits, save_weights, unzoom_logits,
+    zoom_affine,
+)
+from fit3dmm.parser.network import CLASS_IDS, PRIOR_IDS, ParserNet, network_input
 from fit3dmm.parser.train import TrainConfig, locate_faces, train, training_sample
 from fit3dmm.perception.detector import FaceDetector
 from fit3dmm.perception.landmarks import FaceMeshPredictor
@@ -109,8 +112,8 @@ def test_training_runs_end_to_end_and_resumes_exactly(celeba, tmp_path):
     assert [r["epoch"] for r in log] == [1, 2]
     a, b = FaceParser.load(whole), FaceParser.load(resumed)
     assert a.meta["train_photos"] == 4
-    for key, value in a.net.state_dict().items():
-        assert torch.equal(value, b.net.state_dict()[key]), key
+    for key, value in a.nets[0].state_dict().items():
+        assert torch.equal(value, b.nets[0].state_dict()[key]), key
 
 
 def test_parse_command_writes_labels_and_goes_on_after_failures(shared_dir, tmp_path):
@@ -171,3 +174,52 @@ def test_test_time_zoom_on_a_real_photo(val_face):
     assert 0 < (a != b)[face].mean() < 0.05
     iou = lambda labels: np.nanmean(list(part_iou(labels, truth, IOU_PARTS).values()))  # noqa: E731
     assert iou(b) > iou(a) - 0.005
+
+
+def test_an_ensemble_averages_its_networks(val_face, tmp_path):
+    """`parser combine` writes one file with every network; the ensemble's logits are their mean, so two
+    copies of the shipped networks label a real photo exactly as those networks do, and an ensemble of
+    different networks lies between them."""
+    image, truth, mesh = val_face
+    shipped = FaceParser.load()
+    twice = tmp_path / "twice.pt"
+    result = CliRunner().invoke(main, ["parser", "combine", str(DEFAULT_WEIGHTS), str(DEFAULT_WEIGHTS), "-o", str(twice)])
+    assert result.exit_code == 0, result.output
+    doubled = FaceParser.load(twice)
+    assert len(doubled.nets) == 2 * len(shipped.nets)
+    assert np.array_equal(doubled.segment(image, mesh), shipped.segment(image, mesh))
+
+    # A network with its classifier's biases shifted towards skin, alone and combined with the shipped ones.
+    other = ParserNet(widths=shipped.nets[0].widths)
+    other.load_state_dict(shipped.nets[0].state_dict())
+    with torch.no_grad():
+        other.classify.bias[CLASS_IDS.index(1)] += 4.0
+    save_weights(other, shipped.size, tmp_path / "skin.pt", {})
+    combine_weights([DEFAULT_WEIGHTS, tmp_path / "skin.pt"], tmp_path / "mixed.pt")
+    skin = lambda labels: int((labels == 1).sum())  # noqa: E731
+    counts = [skin(FaceParser.load(p).segment(image, mesh)) for p in (DEFAULT_WEIGHTS, tmp_path / "mixed.pt", tmp_path / "skin.pt")]
+    assert counts[0] < counts[1] < counts[2]
+
+
+def test_single_network_weights_of_the_first_format_still_load(tmp_path):
+    shipped = FaceParser.load()
+    net = shipped.nets[0]
+    legacy = {"format": "fit3dmm-parser-1", "size": shipped.size, "prior": net.prior, "widths": list(net.widths),
+              "class_ids": list(CLASS_IDS), "state_dict": net.state_dict(), "meta": {"seed": 0}}
+    torch.save(legacy, tmp_path / "old.pt")
+    loaded = FaceParser.load(tmp_path / "old.pt")
+    assert len(loaded.nets) == 1 and loaded.meta == {"seed": 0}
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, loaded.nets[0].state_dict()[key]), key
+
+
+def test_combine_refuses_one_file_and_mixed_inputs(tmp_path):
+    shipped = FaceParser.load()
+    save_weights(ParserNet(prior=True, widths=(4, 8)), shipped.size, tmp_path / "prior.pt", {})
+    runner = CliRunner()
+    alone = runner.invoke(main, ["parser", "combine", str(DEFAULT_WEIGHTS), "-o", str(tmp_path / "out.pt")])
+    mixed = runner.invoke(main, ["parser", "combine", str(DEFAULT_WEIGHTS), str(tmp_path / "prior.pt"), "-o", str(tmp_path / "out.pt")])
+    for result in (alone, mixed):
+        assert result.exit_code == 1 and "error" in result.output and "Traceback" not in result.output
+    assert "prior" in mixed.output
+    assert not (tmp_path / "out.pt").exists()
