@@ -15,8 +15,8 @@ from fit3dmm.files import read_image
 from fit3dmm.metrics import IOU_PARTS, part_iou
 from fit3dmm.parser.align import AlignedCrop
 from fit3dmm.parser.inference import (
-    DEFAULT_WEIGHTS, FaceParser, combine_weights, crops_for, mirror_input, mirror_logits, save_weights, unzoom_logits,
-    zoom_affine,
+    DEFAULT_WEIGHTS, FaceParser, combine_weights, crops_for, inference_network, mirror_input, mirror_logits, save_weights,
+    unzoom_logits, zoom_affine,
 )
 from fit3dmm.parser.network import CLASS_IDS, PRIOR_IDS, ParserNet, network_input
 from fit3dmm.parser.train import TrainConfig, locate_faces, train, training_sample
@@ -223,3 +223,12 @@ def test_combine_refuses_one_file_and_mixed_inputs(tmp_path):
         assert result.exit_code == 1 and "error" in result.output and "Traceback" not in result.output
     assert "prior" in mixed.output
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_the_inference_copy_folds_batch_norm_without_changing_the_logits():
+    net = FaceParser.load().nets[0]
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.inference_mode():
+        plain, fast = net(x), inference_network(net)(x.contiguous(memory_format=torch.channels_last))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in inference_network(net).modules())
+    torch.testing.assert_close(fast, plain, atol=1e-4, rtol=1e-4)
