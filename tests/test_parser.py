@@ -15,10 +15,10 @@ from fit3dmm.files import read_image
 from fit3dmm.metrics import IOU_PARTS, part_iou
 from fit3dmm.parser.align import AlignedCrop
 from fit3dmm.parser.inference import (
-    DEFAULT_WEIGHTS, FaceParser, combine_weights, crops_for, inference_network, mirror_input, mirror_logits, save_weights,
-    unzoom_logits, zoom_affine,
+    DEFAULT_WEIGHTS, FaceParser, combine_weights, crops_for, mirror_input, mirror_logits, save_weights, unzoom_logits,
+    zoom_affine,
 )
-from fit3dmm.parser.network import CLASS_IDS, PRIOR_IDS, ParserNet, network_input
+from fit3dmm.parser.network import CLASS_IDS, PRIOR_IDS, ParserNet, inference_network, network_input
 from fit3dmm.parser.train import TrainConfig, locate_faces, train, training_sample
 from fit3dmm.perception.detector import FaceDetector
 from fit3dmm.perception.landmarks import FaceMeshPredictor

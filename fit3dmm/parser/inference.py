@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,14 +9,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..errors import ModelError
 from ..files import read_torch, reason
 from ..perception.polygons import draw_polygons
 from .align import AlignedCrop
-from .network import CLASS_IDS, FLIP_CLASSES, PRIOR_FLIP, ParserNet, network_input
+from .network import CLASS_IDS, FLIP_CLASSES, PRIOR_FLIP, ParserNet, inference_network, network_input
 
 #: The weights shipped with the package (see fit3dmm/data/README.md).
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "data" / "parser.pt"
@@ -97,20 +94,9 @@ def _network(member: dict) -> ParserNet:
     return net
 
 
-def inference_network(net: ParserNet) -> nn.Module:
-    """A copy of ``net`` for inference: each batch norm folded into its convolution and the weights in
-    channels-last layout (feed it channels-last input). 1.5x faster on this CPU (35 against 54 ms for 4
-    views); its logits agree with the network's to 1e-5."""
-    fast = copy.deepcopy(net).eval()
-    for block in [*fast.down, *fast.up]:  # _block: conv, norm, relu, conv, norm, relu
-        for i in (0, 3):
-            block[i], block[i + 1] = fuse_conv_bn_eval(block[i], block[i + 1]), nn.Identity()
-    return fast.to(memory_format=torch.channels_last)
-
-
 class FaceParser:
-    """The learned segmenter (``--segmenter parser``): an aligned crop per face, the network, and the
-    labels mapped back to photo pixels. Faces are parsed in one batch."""
+    """The learned segmenter (``--segmenter parser``): an aligned crop per face, the networks (their logits
+    averaged), and the labels mapped back to photo pixels. Faces are parsed in one batch."""
 
     name = "parser"
 

@@ -8,10 +8,13 @@ here (256² crop, batch 8): any full-resolution layer, even an 8-channel head, m
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 #: Network class k predicts CelebAMask-HQ id CLASS_IDS[k]. Merged on the way in: hat into hair (both
 #: hide the face), earring, necklace and cloth into background, which the fit does not use.
@@ -58,6 +61,17 @@ class ParserNet(nn.Module):
             h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             h = block(torch.cat([h, skip], 1))
         return self.classify(h)
+
+
+def inference_network(net: ParserNet) -> nn.Module:
+    """A copy of ``net`` for inference: each batch norm folded into its convolution and the weights in
+    channels-last layout (feed it channels-last input). 1.5x faster on this CPU (35 against 54 ms for 4
+    views); its logits agree with the network's to 1e-5."""
+    fast = copy.deepcopy(net).eval()
+    for block in [*fast.down, *fast.up]:  # see _block: conv, norm, relu, conv, norm, relu
+        for i in (0, 3):
+            block[i], block[i + 1] = fuse_conv_bn_eval(block[i], block[i + 1]), nn.Identity()
+    return fast.to(memory_format=torch.channels_last)
 
 
 def network_input(crops: np.ndarray, priors: np.ndarray | None, device: torch.device) -> Tensor:
