@@ -730,7 +730,7 @@ def annotate_cmd(model_name, images, masks, limit, check, export, texture_only) 
 
 @main.group()
 def parser() -> None:
-    """Train the learned face parser (the default segmenter)."""
+    """Train the learned face parser (the default segmenter), or combine trained networks into one ensemble."""
 
 
 @parser.command("train")
