@@ -61,16 +61,14 @@ annotate: setup check-shared
 	  --images "$(SHARED)/data/celebamask-hq/images" --masks "$(SHARED)/data/celebamask-hq/masks" \
 	  --check 180 --export fit3dmm/data/ict_parts.npz
 
-# Retrains the shipped face parser, an ensemble of two networks trained alike but for the seed, from
-# CelebAMask-HQ's train split (about an hour each on 2 CPU cores; uses a GPU when present). Interrupted? Run
-# it again: each network resumes from its .parser/parser<seed>.pt.ckpt.
+# Retrains the shipped face parser from CelebAMask-HQ's train split: one network, seed 2, 80 epochs (about
+# 6 minutes on an H200, 80-90 minutes on 2 CPU cores; uses a GPU when present). Interrupted? Run it again:
+# it resumes from .parser/parser.pt.ckpt, also on another device.
 parser: setup check-shared
 	mkdir -p .parser
-	for seed in 0 1; do \
-	  $(BIN)/fit3dmm parser train --data "$(SHARED)/data/celebamask-hq" -o .parser/parser$$seed.pt --seed $$seed --resume || exit 1; \
-	  cp .parser/parser$$seed.pt.log.jsonl fit3dmm/data/parser_training_log_seed$$seed.jsonl; \
-	done
-	$(BIN)/fit3dmm parser combine .parser/parser0.pt .parser/parser1.pt -o fit3dmm/data/parser.pt
+	$(BIN)/fit3dmm parser train --data "$(SHARED)/data/celebamask-hq" -o .parser/parser.pt --seed 2 --val-limit 40 --resume
+	cp .parser/parser.pt.log.jsonl fit3dmm/data/parser_training_log.jsonl
+	cp .parser/parser.pt fit3dmm/data/parser.pt
 
 # The README's pictures of the viewer and a textured head (docs/pictures.py).
 pictures: model browser-tools

@@ -737,7 +737,7 @@ def parser() -> None:
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder with images/ and masks/ (CelebAMask-HQ ids); its 'val' split is held out.")
 @click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Weights file to write.")
-@click.option("--epochs", default=40, show_default=True)
+@click.option("--epochs", default=80, show_default=True)
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--lr", default=3e-3, show_default=True)
 @click.option("--prior/--no-prior", default=False, show_default=True,

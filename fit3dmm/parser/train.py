@@ -34,7 +34,7 @@ from .network import CELEBA_TO_CLASS, FLIP_CLASSES, ParserNet, network_input
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 40
+    epochs: int = 80  # against 40, the same seed: +1.3 points validation IoU (README, "Face parser")
     batch_size: int = 8
     lr: float = 3e-3
     weight_decay: float = 1e-4
