@@ -92,7 +92,10 @@ def test_texture_from_fits_averages_only_the_head_surface_and_skips_photos_witho
     brows = np.isin(parts, [PART_NAMES.index("left_eyebrow"), PART_NAMES.index("right_eyebrow")])
     nose_height = ict_model.data.mean[parts == PART_NAMES.index("nose"), 1].mean()
     cheeks = (parts == PART_NAMES.index("skin")) & (np.abs(ict_model.data.mean[:, 1] - nose_height) < 1)
-    assert texture[brows].mean() < texture[cheeks].mean() - 0.1
+    # One photo's fit sets the margin: cheeks minus brows is 0.088 here with the 80-epoch parser's target
+    # (0.110 with the earlier two networks; 0.05-0.27 over the first six photos); brows painted from the
+    # skin around them would give about 0.
+    assert texture[brows].mean() < texture[cheeks].mean() - 0.05
 
 
 def test_annotate_command_repaints_the_texture_and_keeps_the_parts(ict_npz, shared_dir, tmp_path, monkeypatch):
