@@ -10,6 +10,7 @@ from fit3dmm.files import read_image
 from fit3dmm.metrics import IOU_PARTS, landmark_nme, part_iou
 from fit3dmm.outputs import fitted_labels
 from fit3dmm.pipeline import Pipeline
+from fit3dmm.target import MIN_LIP_COVERAGE, lip_coverage, lip_ring, make_target
 
 #: Photos with hand-placed landmarks. breakingbad (strong head turn) and einstein (an 84-pixel face)
 #: are left to the benchmark to keep the suite short.
@@ -54,6 +55,27 @@ def test_prdl_moves_fitted_parts_towards_target(ict_model, shared_dir):
         scores[loss] = (to_target, to_human)
     assert scores["prdl"][0] > scores["none"][0] + 0.02
     assert scores["prdl"][1] > scores["none"][1]
+
+
+def test_lips_the_landmarks_do_not_confirm_leave_the_target(pipeline, shared_dir):
+    """The human mask's lips cover the landmarks' lip ring and stay in the target; a segmentation that
+    lost them under a moustache (upper lip gone, a sliver of the lower left) has them removed, so PRDL
+    leaves the lips out instead of shrinking the mouth onto the sliver."""
+    image, human = _celeba_pair(shared_dir, CELEBA_PHOTO)
+    obs = pipeline.observe(image)
+    crop = pipeline.crop(obs.landmarks68)
+    kept = make_target(image, human, obs.landmarks68, crop, torch.device("cpu"))
+    assert kept.part_masks["up_lip"].sum() > 50 and kept.part_masks["down_lip"].sum() > 50
+    ring = lip_ring(obs.landmarks68, human.shape)
+    assert lip_coverage(human, obs.landmarks68) > 0.4 and ring.sum() > 500
+    lost = human.copy()
+    lost[lost == 11] = 1
+    ys, xs = np.nonzero(lost == 12)
+    lost[(lost == 12) & (np.arange(human.shape[0])[:, None] > ys.min() + 0.1 * (ys.max() - ys.min()))] = 1
+    assert 0 < lip_coverage(lost, obs.landmarks68) < MIN_LIP_COVERAGE
+    dropped = make_target(image, lost, obs.landmarks68, crop, torch.device("cpu"))
+    assert not dropped.part_masks["up_lip"].any() and not dropped.part_masks["down_lip"].any()
+    assert torch.equal(dropped.part_masks["nose"], kept.part_masks["nose"])
 
 
 def test_free_albedo_starts_at_the_mean_texture_in_the_photos_skin_colour(pipeline, ict_model, shared_dir):

@@ -9,7 +9,7 @@ from fit3dmm.losses import Frame
 from fit3dmm.losses.parts import mask_points
 from fit3dmm.losses.prdl import PRDL, anchor_grid, descriptors
 from fit3dmm.models.facemodel import PART_NAMES
-from fit3dmm.target import CropTransform, FitTarget, TargetBatch, brow_tangent_line, make_target
+from fit3dmm.target import CropTransform, FitTarget, TargetBatch, brow_tangent_line, lip_coverage, lip_ring, make_target
 
 
 def test_descriptors_match_direct_computation():
@@ -92,6 +92,25 @@ def test_brow_line_cuts_forehead_above_tilted_brows():
         ys, xs = np.nonzero(labels == label)
         signed = (a * xs + b * ys + c) / np.hypot(a, b)
         assert signed.max() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_lip_coverage_counts_lip_pixels_inside_the_landmarks_ring():
+    lmk = np.zeros((68, 2))
+    angles = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+    lmk[48:60] = np.stack([50 + 30 * np.cos(angles), 50 + 15 * np.sin(angles)], 1)  # outer lip contour
+    inner = np.linspace(0, 2 * np.pi, 8, endpoint=False)
+    lmk[60:68] = np.stack([50 + 20 * np.cos(inner), 50 + 3 * np.sin(inner)], 1)
+    ring = lip_ring(lmk, (100, 100))
+    assert ring[40, 50] and ring[60, 50] and not ring[50, 50] and not ring[10, 10]
+    labels = np.zeros((100, 100), np.uint8)
+    labels[:50][ring[:50]] = 11
+    labels[50:][ring[50:]] = 12
+    assert lip_coverage(labels, lmk) == pytest.approx(1.0)
+    labels[50:][ring[50:]] = 1  # the lower lip lost
+    assert lip_coverage(labels, lmk) == pytest.approx(ring[:50].sum() / ring.sum())
+    labels[ring] = 1
+    assert lip_coverage(labels, lmk) == 0.0
+    assert lip_coverage(labels, np.zeros((68, 2))) == 1.0  # no ring: nothing to confirm
 
 
 def test_batched_loss_equals_per_part_descriptors():
