@@ -664,12 +664,12 @@ def show_cmd(model_name, out) -> None:
 @click.option("--texture-only", is_flag=True,
               help="Keep MODEL's parts; only paint its mean texture again through fits with them.")
 def annotate_cmd(model_name, images, masks, limit, check, export, texture_only) -> None:
-    """Label MODEL's vertices with parts by voting on labelled photos (CelebAMask-HQ layout), paint its mean
-    texture through full fits with those parts, and save both into the model."""
+    """Label MODEL's vertices with parts by voting on labelled photos (CelebAMask-HQ layout), vote again
+    and paint its mean texture through full fits with those parts, and save both into the model."""
     from .datasets import image_mask_pairs, split_pairs
     from .files import check_output_dir
     from .models import PART_NAMES, FaceModel, load_model, resolve_model, save_model
-    from .models.annotate import annotate, apply_annotation, score_annotation, texture_from_fits
+    from .models.annotate import annotate, apply_annotation, full_fit_pass, revote, score_annotation
     from .outputs import write_atomic
 
     try:
@@ -689,16 +689,22 @@ def annotate_cmd(model_name, images, masks, limit, check, export, texture_only) 
             _fail(f"model '{model_name}' has no parts to paint a texture with; run without --texture-only")
         annotated = data
     else:
-        with _progress() as bar:
-            task = bar.add_task("voting", total=len(train), info="")
-            result = annotate(FaceModel(data), train, progress=lambda i, n, name: bar.update(task, completed=i, info=Path(name).name))
+        try:
+            with _progress() as bar:
+                task = bar.add_task("voting", total=len(train), info="")
+                result = annotate(FaceModel(data), train, progress=lambda i, n, name: bar.update(task, completed=i, info=Path(name).name))
+        except Fit3dmmError as e:
+            _fail(error_text(e))
         for image, message in result.failures:
             console.print(f"[yellow]skipped[/yellow] {image}: {message}")
         annotated = apply_annotation(data, result, f"fit3dmm model annotate on {result.photos_used} photos of {images}")
     with _progress() as bar:
-        task = bar.add_task("painting", total=len(train), info="")
-        texture, failures = texture_from_fits(FaceModel(annotated), train,
-                                              progress=lambda i, n, name: bar.update(task, completed=i, info=Path(name).name))
+        task = bar.add_task("full fits: painting" if texture_only else "full fits: re-voting, painting", total=len(train), info="")
+        texture, votes, failures = full_fit_pass(FaceModel(annotated), train,
+                                                 progress=lambda i, n, name: bar.update(task, completed=i, info=Path(name).name))
+    if not texture_only:
+        voted, annotated = annotated, revote(annotated, votes)
+        moved = int((annotated.parts != voted.parts).sum())
     annotated.mean_texture = texture
     if texture_only:  # nothing was voted: report the painting's skips here
         for image, message in failures:
@@ -712,8 +718,9 @@ def annotate_cmd(model_name, images, masks, limit, check, export, texture_only) 
     except OSError as e:
         _fail(error_text(e))
     if not texture_only:
-        counts = {name: int((result.parts == k).sum()) for k, name in enumerate(PART_NAMES)}
-        console.print(f"voted on {result.photos_used} photos; vertices per part: {counts}")
+        counts = {name: int((annotated.parts == k).sum()) for k, name in enumerate(PART_NAMES)}
+        console.print(f"voted on {result.photos_used} photos, re-voted through their full fits ({moved} vertices "
+                      f"moved); vertices per part: {counts}")
     console.print(f"painted the mean texture through fits of {len(train) - len(failures)} photos")
     if val and not texture_only:
         with _progress() as bar:

@@ -5,7 +5,7 @@ import numpy as np
 
 from fit3dmm.datasets import image_mask_pairs
 from fit3dmm.models import PART_NAMES
-from fit3dmm.models.annotate import annotate, clean_parts, mean_texture, parts_from_votes, texture_from_fits
+from fit3dmm.models.annotate import OTHER, annotate, clean_parts, full_fit_pass, mean_texture, parts_from_votes, revote
 from fit3dmm.models.ict import EYEBALLS, FACE
 
 
@@ -74,20 +74,50 @@ def test_mean_texture_paints_each_eyeball_as_an_eye_looking_forward(ict_model):
         assert texture[side].mean() > 0.7  # the side of the eyeball is white
 
 
-def test_texture_from_fits_averages_only_the_head_surface_and_skips_photos_without_a_face(ict_model, shared_dir, tmp_path):
+def test_revote_moves_labelled_vertices_to_the_part_their_votes_name(ict_model):
+    """A labelled vertex takes the part most of its (part) votes name once it has enough of them; hair
+    votes do not count, unlabelled vertices stay unlabelled, and the skin subset follows the new skin."""
+    data = ict_model.data
+    skin, nose = PART_NAMES.index("skin"), PART_NAMES.index("nose")
+    votes = np.zeros((data.n_vertices, OTHER + 1), np.int64)
+    nose_ids = np.flatnonzero(data.parts == nose)
+    rim = nose_ids[np.argsort(data.mean[nose_ids, 0])[:3]]  # three nose vertices at its side, neighbours of skin
+    votes[rim, skin] = 4
+    votes[rim, nose] = 1
+    votes[rim[0], OTHER] = 50  # mostly hair over it: still the skin votes decide
+    few = nose_ids[np.argsort(data.mean[nose_ids, 0])[-1]]
+    votes[few, skin] = 3  # below the 5 votes a move needs
+    unlabelled = np.flatnonzero(data.parts < 0)[:10]
+    votes[unlabelled, skin] = 20
+    out = revote(data, votes)
+    assert (out.parts[rim] == skin).all() and out.parts[few] == nose
+    assert (out.parts[unlabelled] == -1).all()
+    assert (out.parts != data.parts).sum() == 3
+    assert np.isin(out.skin_subset, np.flatnonzero(out.parts == skin)).all()
+    assert np.array_equal(revote(data, np.zeros_like(votes)).parts, data.parts)  # no votes: nothing moves
+
+
+def test_full_fit_pass_averages_only_the_head_surface_and_skips_photos_without_a_face(ict_model, shared_dir, tmp_path):
     """Photo colour counts where the human mask shows the head's surface: a photo whose mask is all hair
     changes nothing, a photo without a face is listed and skipped, and the brows come out darker than the
-    cheeks' skin."""
+    cheeks' skin. Its fits vote like the first vote's, for the human label under each visible vertex."""
     root = shared_dir / "data" / "celebamask-hq"
     (image, mask), (other, _) = image_mask_pairs(root / "images", root / "masks")[:2]
     hair = tmp_path / "hair.png"
     cv2.imwrite(str(hair), np.full((512, 512), 13, np.uint8))
     blank = tmp_path / "blank.png"
     cv2.imwrite(str(blank), np.full((512, 512, 3), 128, np.uint8))
-    alone, none_failed = texture_from_fits(ict_model, [(image, mask)], batch_size=1)
-    texture, failures = texture_from_fits(ict_model, [(image, mask), (other, hair), (blank, mask)], batch_size=1)
+    alone, votes, none_failed = full_fit_pass(ict_model, [(image, mask)], batch_size=1)
+    texture, more_votes, failures = full_fit_pass(ict_model, [(image, mask), (other, hair), (blank, mask)], batch_size=1)
     assert not none_failed and [f[0] for f in failures] == [str(blank)]
     assert texture.shape == (ict_model.n_vertices, 3) and np.array_equal(texture, alone)
+    # One vote per visible vertex and photo; the all-hair mask's votes all go to the non-part slot.
+    assert votes.shape == (ict_model.n_vertices, OTHER + 1) and votes.max() == 1 and votes.sum() > 3000
+    assert np.array_equal(more_votes[:, :OTHER], votes[:, :OTHER]) and more_votes[:, OTHER].sum() > votes[:, OTHER].sum()
+    # The fit puts the annotated nose on the photo's nose: most of the nose's votes say nose (79% here; the
+    # rest, at its edge, skin).
+    nose = ict_model.data.parts == PART_NAMES.index("nose")
+    assert votes[nose, PART_NAMES.index("nose")].sum() > 0.6 * votes[nose].sum()
     parts = ict_model.data.parts
     brows = np.isin(parts, [PART_NAMES.index("left_eyebrow"), PART_NAMES.index("right_eyebrow")])
     nose_height = ict_model.data.mean[parts == PART_NAMES.index("nose"), 1].mean()
@@ -123,3 +153,29 @@ def test_annotate_command_repaints_the_texture_and_keeps_the_parts(ict_npz, shar
     assert np.array_equal(after.parts, before.parts) and np.array_equal(exported["parts"], before.parts)
     assert np.abs(after.mean_texture - before.mean_texture).max() > 0.1
     assert np.abs(exported["mean_texture"] / 255.0 - after.mean_texture).max() <= 0.5 / 255 + 1e-6
+
+
+def test_annotate_command_votes_revotes_and_paints(ict_npz, shared_dir, tmp_path, monkeypatch):
+    """`model annotate` on a model without parts: too few photos to label any vertex is a one-line error;
+    with enough, the model gets parts (voted, then re-voted through full fits) and a mean texture, saved
+    into the model and the export."""
+    from click.testing import CliRunner
+
+    from fit3dmm.cli import main
+    from fit3dmm.models import load_model, save_model
+    from fit3dmm.models.ict import import_ict
+
+    monkeypatch.setenv("FIT3DMM_MODELS", str(tmp_path))
+    save_model(import_ict(ict_npz, name="bare", with_parts=False), tmp_path / "bare.npz")
+    root = shared_dir / "data" / "celebamask-hq"
+    args = ["--images", str(root / "images"), "--masks", str(root / "masks"), "--check", "0"]
+    few = CliRunner().invoke(main, ["model", "annotate", "bare", *args, "--limit", "3"])
+    assert few.exit_code != 0 and "Traceback" not in few.output and "labelled no vertex" in few.output
+    export = tmp_path / "parts.npz"
+    result = CliRunner().invoke(main, ["model", "annotate", "bare", *args, "--limit", "6", "--export", str(export)])
+    assert result.exit_code == 0, result.output
+    assert "re-voted through their full fits" in result.output
+    model, exported = load_model(tmp_path / "bare.npz"), np.load(export)
+    assert model.has_parts and model.mean_texture is not None and np.array_equal(exported["parts"], model.parts)
+    for name in ("nose", "skin", "up_lip"):
+        assert (model.parts == PART_NAMES.index(name)).sum() > 20, name
