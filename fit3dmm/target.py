@@ -195,7 +195,7 @@ def drop_small_blobs(labels: np.ndarray, ids=PART_CELEBA_IDS, min_fraction: floa
 #: The lips' CelebAMask-HQ ids (upper, lower).
 LIP_IDS = tuple(PART_CELEBA_IDS[PART_NAMES.index(name)] for name in ("up_lip", "down_lip"))
 #: Lips marked on less than this fraction of the landmarks' lip ring are dropped from the target. In the
-#: fit's crop the parser's lips cover 0.29 to 1.0 of the ring on the 194 validation photos; under a
+#: fit's crop the parser's lips cover 0.27 to 1.0 of the ring on the 194 validation photos; under a
 #: moustache in a strong turn it lost them (breakingbad, 0.10), and fitting the sliver left shrank the
 #: mouth and jaw (README, "PRDL's target preprocessing").
 MIN_LIP_COVERAGE = 0.25
