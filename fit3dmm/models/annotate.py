@@ -118,8 +118,7 @@ def annotate(
         except Fit3dmmError as e:  # one bad photo must not stop the vote
             failures.append((str(image_path), str(e)))
             continue
-        ids, xy = seen_vertices(out, mask.shape)
-        np.add.at(votes, (ids, label_to_slot(mask[xy[:, 1], xy[:, 0]])), 1)
+        add_votes(votes, out, mask)
         used += 1
         if progress is not None:
             progress(i + 1, len(pairs), str(image_path))
@@ -138,6 +137,15 @@ def seen_vertices(out, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     inside = res.visible.cpu().numpy() & (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)
     ids = np.nonzero(inside)[0]
     return ids, xy[ids]
+
+
+def add_votes(votes: np.ndarray, out, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Add one fit's votes to ``votes`` (V, len(PART_NAMES) + 1): each visible vertex inside the photo votes
+    for the human label under it. Returns those vertices' (ids, (n, 2) photo pixels, labels)."""
+    ids, xy = seen_vertices(out, mask.shape)
+    labels = mask[xy[:, 1], xy[:, 0]]
+    np.add.at(votes, (ids, label_to_slot(labels)), 1)
+    return ids, xy, labels
 
 
 def full_fit_pass(
@@ -170,9 +178,7 @@ def full_fit_pass(
                 failures.append((str(image_path), str(e)))
         outs = pipeline.fit_batch([p for _, _, p in ready]) if ready else []
         for (image, mask, _), out in zip(ready, outs):
-            ids, xy = seen_vertices(out, mask.shape)
-            labels = mask[xy[:, 1], xy[:, 0]]
-            np.add.at(votes, (ids, label_to_slot(labels)), 1)
+            ids, xy, labels = add_votes(votes, out, mask)
             keep = np.isin(labels, FACE_SURFACE_IDS)
             np.add.at(colour_sum, ids[keep], image[xy[keep, 1], xy[keep, 0]] / 255.0)
             np.add.at(count, ids[keep], 1)
