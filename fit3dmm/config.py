@@ -58,7 +58,7 @@ class Stage:
 #: Iterations of the final stage, and where its learning rates end (a fraction of their start). PRDL on 134
 #: tuning photos, paired against the earlier 80 iterations ending at 0.1: Part IoU +0.45 at 160, +0.74 at
 #: 320; ending at 0.3, +0.63 at 160 [+0.34, +0.90] and +0.77 at 240. 160 keeps the 68-point NME of the
-#: large-pose photos below the detector's (240 does not) at 2.9 s per fit in a batch of 16 against 1.7 s
+#: large-pose photos below the detector's (240 does not) at 2.6 s per fit in a batch of 16 against 1.6 s
 #: (README, "Iterations").
 FULL_ITERATIONS = 160
 FULL_LR_FINAL = 0.3
