@@ -53,13 +53,16 @@ test: setup check-shared $(VENV)/.ray browser-tools
 bench: setup check-shared
 	$(BIN)/python -m fit3dmm.bench
 
-# Regenerates the shipped part annotation and mean texture of the ICT model from CelebAMask-HQ (about 30 min
-# here: 8 min of voting, 21 of painting through full fits).
+# Regenerates the shipped part annotation and mean texture of the ICT model from CelebAMask-HQ (about 70 min
+# here: 8 min of voting, 30 of re-voting through full fits, 30 of painting through full fits with the
+# re-voted parts).
 annotate: setup check-shared
 	FIT3DMM_MODELS=$(abspath .annotate) $(BIN)/fit3dmm model import-ict --no-parts "$(SHARED)/models/ict-facekit/ict_facekit_light.npz"
 	FIT3DMM_MODELS=$(abspath .annotate) $(BIN)/fit3dmm model annotate ict \
+	  --images "$(SHARED)/data/celebamask-hq/images" --masks "$(SHARED)/data/celebamask-hq/masks" --check 180
+	FIT3DMM_MODELS=$(abspath .annotate) $(BIN)/fit3dmm model annotate ict --texture-only \
 	  --images "$(SHARED)/data/celebamask-hq/images" --masks "$(SHARED)/data/celebamask-hq/masks" \
-	  --check 180 --export fit3dmm/data/ict_parts.npz
+	  --export fit3dmm/data/ict_parts.npz
 
 # Retrains the shipped face parser from CelebAMask-HQ's train split: one network, seed 2, 80 epochs (about
 # 6 minutes on an H200, 80-90 minutes on 2 CPU cores; uses a GPU when present). Interrupted? Run it again:
