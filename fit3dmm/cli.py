@@ -24,7 +24,7 @@ from rich.table import Table
 # torch is first imported (the commands import it lazily).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .config import ANCHOR_GRID, EXPORTS, FULL_ITERATIONS, MODES, TrackConfig  # noqa: E402
+from .config import ANCHOR_GRID, EXPORTS, FULL_ITERATIONS, LANDMARK_SOURCES, MODES, TrackConfig  # noqa: E402
 from .errors import Fit3dmmError, InputError, error_text  # noqa: E402
 from .losses import SEGMENTATION_LOSSES  # noqa: E402
 from .perception.segmentation import SEGMENTERS  # noqa: E402
@@ -51,6 +51,10 @@ _batch_size_option = click.option(
 _fixed_parts_option = click.option(
     "--fixed-parts", is_flag=True,
     help="Render the model's annotated parts as they are, without per-fit eye, brow and upper-lip bands (README, 'Part bands').")
+_landmarks_option = click.option(
+    "--landmarks", type=click.Choice(LANDMARK_SOURCES), default="dlib", show_default=True,
+    help="The 68 target landmarks: the face mesh's, refined by dlib's shape predictor where the two agree "
+         "(dlib), or the mesh's alone (mesh). dlib's model was trained on iBUG 300-W (non-commercial; README).")
 _anchors_option = click.option("--anchors", type=click.IntRange(1, 112), default=ANCHOR_GRID, show_default=True,
                                help="PRDL's anchor grid: N x N anchors over the 224 px crop.")
 
@@ -89,6 +93,7 @@ def main() -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--face", "face_index", default=0, show_default=True, help="Which face, by size (0 = largest).")
 @click.option("--iterations", default=FULL_ITERATIONS, show_default=True, help="Iterations of the final (all-losses) stage.")
+@_landmarks_option
 @_anchors_option
 @_fixed_parts_option
 @_batch_size_option
@@ -106,7 +111,7 @@ def main() -> None:
 @click.option("--texture-size", type=click.IntRange(64, 4096), default=1024, show_default=True,
               help="Side of texture.png in texels.")
 @click.option("--overwrite", is_flag=True, help="Refit photos whose result folder exists (default: skip them).")
-def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_index, iterations, anchors, fixed_parts,
+def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_index, iterations, landmarks, anchors, fixed_parts,
         batch_size, workers, ray_address, same_person, exports, texture_size, overwrite) -> None:
     """Fit each INPUT (an image, or a folder of images) and write OUT/<stem>/, and OUT/index.html, a
     gallery of the results. Photos whose result is already in OUT are skipped, so an interrupted run
@@ -127,8 +132,8 @@ def fit(inputs, out, loss, mode, seg_weight, model, segmenter, device, face_inde
     try:
         check_output_dir(out)
         config = FitConfig.create(loss=loss, iterations=iterations, seg_weight=seg_weight, mode=mode, model=model,
-                                  segmenter=segmenter, device=device, face_index=face_index, anchor_grid=anchors,
-                                  same_person=same_person, part_bands=not fixed_parts)
+                                  segmenter=segmenter, landmarks=landmarks, device=device, face_index=face_index,
+                                  anchor_grid=anchors, same_person=same_person, part_bands=not fixed_parts)
         if same_person:
             batch_size = len(images)
             finished = sum(_holds(out / image.stem, config) for image in images)
@@ -327,6 +332,7 @@ def _eval_options(command):
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--iterations", default=FULL_ITERATIONS, show_default=True,
                      help="Iterations of the final stage (seg-only: the segmentation stage has 60 more)."),
+        _landmarks_option,
         _anchors_option,
         _fixed_parts_option,
         _batch_size_option,
@@ -338,7 +344,7 @@ def _eval_options(command):
 
 
 def _run_evaluation(data, out, specs, mode, segmenter, fmt, protocol, split, skip, limit, model, device, iterations,
-                    anchors, fixed_parts, batch_size, overwrite, subfolders: bool) -> tuple[dict, list[str]]:
+                    landmarks, anchors, fixed_parts, batch_size, overwrite, subfolders: bool) -> tuple[dict, list[str]]:
     """Fit and score DATA with each (loss, weight) spec; returns (run name -> summary, the selected samples)."""
     from .batch import default_batch_size
     from .config import FitConfig
@@ -355,7 +361,8 @@ def _run_evaluation(data, out, specs, mode, segmenter, fmt, protocol, split, ski
             if loss not in (*SEGMENTATION_LOSSES, "none"):
                 raise ValueError(f"unknown loss '{loss}'; known: {', '.join((*SEGMENTATION_LOSSES, 'none'))}")
             config = FitConfig.create(loss=loss, seg_weight=weight, mode=mode, iterations=iterations, model=model,
-                                      segmenter=segmenter, device=device, anchor_grid=anchors, part_bands=not fixed_parts)
+                                      segmenter=segmenter, landmarks=landmarks, device=device, anchor_grid=anchors,
+                                      part_bands=not fixed_parts)
             folder = out / spec if subfolders else out
             open_run(folder, config, data, fmt, overwrite, protocol)
             runs[spec] = (config, folder)
@@ -383,7 +390,7 @@ def _cell(stats: dict) -> str:
 @_eval_options
 @click.option("--loss", type=click.Choice([*SEGMENTATION_LOSSES, "none"]), default="prdl", show_default=True)
 @click.option("--seg-weight", type=float, help="Weight of the segmentation loss (default: the loss's tuned weight).")
-def eval_cmd(data, out, mode, segmenter, fmt, protocol, split, skip, limit, model, device, iterations, anchors,
+def eval_cmd(data, out, mode, segmenter, fmt, protocol, split, skip, limit, model, device, iterations, landmarks, anchors,
              fixed_parts, batch_size, overwrite, loss, seg_weight) -> None:
     """Fit every photo of DATA (images/ and masks/ of the same stems) and score Part IoU against the masks
     (and the 68-landmark error where a .pts file sits beside a photo): OUT/metrics.csv, landmarks.csv,
@@ -394,7 +401,7 @@ def eval_cmd(data, out, mode, segmenter, fmt, protocol, split, skip, limit, mode
 
     spec = loss if seg_weight is None else f"{loss}@{seg_weight:g}"
     summaries, _ = _run_evaluation(data, out, [spec], mode, segmenter, fmt, protocol, split, skip, limit, model, device,
-                                   iterations, anchors, fixed_parts, batch_size, overwrite, subfolders=False)
+                                   iterations, landmarks, anchors, fixed_parts, batch_size, overwrite, subfolders=False)
     summary = summaries[spec]
     labels = {**SCORES, "iou": "parsed render vs parsed photo"} if protocol == "paper" else SCORES
     series = {label: summary[key if key != "iou" else "part_iou"] for key, label in labels.items()}
@@ -419,7 +426,7 @@ def eval_cmd(data, out, mode, segmenter, fmt, protocol, split, skip, limit, mode
 @_eval_options
 @click.option("--losses", default=",".join(SEGMENTATION_LOSSES), show_default=True,
               help="Comma-separated losses to compare, each optionally with a weight: prdl,iou@0.05,none.")
-def compare(data, out, mode, segmenter, fmt, protocol, split, skip, limit, model, device, iterations, anchors,
+def compare(data, out, mode, segmenter, fmt, protocol, split, skip, limit, model, device, iterations, landmarks, anchors,
             fixed_parts, batch_size, overwrite, losses) -> None:
     """Fit every photo of DATA with each loss and compare their Part IoU: OUT/<loss>/ (as eval),
     OUT/compare.csv, compare.png and grid.png."""
@@ -432,7 +439,8 @@ def compare(data, out, mode, segmenter, fmt, protocol, split, skip, limit, model
     if not specs or len(set(specs)) != len(specs):
         _fail("--losses needs distinct, comma-separated names")
     summaries, selected = _run_evaluation(data, out, specs, mode, segmenter, fmt, protocol, split, skip, limit, model,
-                                          device, iterations, anchors, fixed_parts, batch_size, overwrite, subfolders=True)
+                                          device, iterations, landmarks, anchors, fixed_parts, batch_size, overwrite,
+                                          subfolders=True)
     write_compare(out, summaries)
     n = min(s["photos"] for s in summaries.values())
     iou_chart(out / "compare.png", {spec: s["part_iou"] for spec, s in summaries.items()}, f"--mode {mode}, {n} photos")

@@ -30,6 +30,8 @@ SEG_WEIGHTS = {"prdl": PRDL_WEIGHT, "iou": 0.025, "chamfer": 0.008, "dcd": 2.0, 
 #: "full": the segmentation loss joins the landmark and photometric terms. "seg-only" (the paper's
 #: ablation): after the landmark-only rigid stage, shape and pose follow the segmentation loss alone.
 MODES = ("full", "seg-only")
+#: Where the 68 target points come from (FitConfig.landmarks).
+LANDMARK_SOURCES = ("dlib", "mesh")
 #: PRDL's anchors per side of the square crop grid (8x8 = 64, one every 28 px of the 224 crop). Denser
 #: grids (28x28, 56x56) gave the same Part IoU at up to 4x the cost (README, "PRDL").
 ANCHOR_GRID = 8
@@ -114,6 +116,9 @@ class FitConfig:
     loss: str = "prdl"
     mode: str = "full"
     segmenter: str = "parser"
+    # The 68 target points: "dlib" refines the face mesh's with dlib's shape predictor where the two agree
+    # (fit3dmm.perception.ibug68), "mesh" keeps the mesh's.
+    landmarks: str = "dlib"
     device: str = "auto"
     crop_size: int = 224
     crop_margin: float = 1.7  # crop side / larger side of the landmarks' bounding box

@@ -250,8 +250,10 @@ def holds_fit(folder: Path, config: FitConfig) -> bool:
     except (OSError, ValueError, KeyError, TypeError):
         raise InputError(f"{params} is unreadable (--overwrite fits the photo again)") from None
     wanted = json.loads(json.dumps(config.to_dict()))
-    # A setting added since the result was written counts as its default.
-    saved = {**{k: v for k, v in json.loads(json.dumps(FitConfig().to_dict())).items() if k not in saved}, **saved}
+    # A setting added since the result was written counts as what the fit did before it (landmarks: the
+    # mesh's), or else as its default.
+    before = {**json.loads(json.dumps(FitConfig().to_dict())), "landmarks": "mesh"}
+    saved = {**{k: v for k, v in before.items() if k not in saved}, **saved}
     if {k: v for k, v in saved.items() if k != "device"} != {k: v for k, v in wanted.items() if k != "device"}:
         raise InputError(f"{folder} holds a fit made with other settings (--overwrite refits it with these)")
     return True

@@ -10,13 +10,14 @@ import numpy as np
 import torch
 
 from .camera import Camera, VideoCamera
-from .config import FitConfig
+from .config import LANDMARK_SOURCES, FitConfig
 from .errors import InputError, ModelError, NoFaceError
 from .fitting import FitResult, Fitter, ProgressCallback
 from .losses import REGISTRY
 from .models import FaceModel, load_model, resolve_model
 from .parser.inference import FaceParser
 from .perception.detector import Detection, FaceDetector
+from .perception.ibug68 import Ibug68Refiner
 from .perception.landmarks import FaceMeshPredictor, to_ibug68
 from .perception.segmentation import make_segmenter
 from .target import CropTransform, FitTarget, make_target
@@ -70,6 +71,8 @@ class Pipeline:
     """Holds the face model and the perception models, and fits photos one after another."""
 
     def __init__(self, config: FitConfig, model: FaceModel | None = None):
+        if config.landmarks not in LANDMARK_SOURCES:
+            raise InputError(f"unknown landmark source '{config.landmarks}'; known: {', '.join(LANDMARK_SOURCES)}")
         self.config = config
         self.device = resolve_device(config.device)
         if model is None:
@@ -79,6 +82,7 @@ class Pipeline:
         self.detector = FaceDetector()
         self.mesh_predictor = FaceMeshPredictor()
         self.segmenter = make_segmenter(config.segmenter, self.device)
+        self.refiner = Ibug68Refiner() if config.landmarks == "dlib" else None
 
     def make_fitter(self, config: FitConfig) -> Fitter:
         """A fitter of this pipeline's model with another configuration's stages (same crop and camera
@@ -99,8 +103,13 @@ class Pipeline:
         mesh = self.mesh_predictor.predict(image, detection)
         return Observation(
             image=image, detection=detection, n_faces=len(faces), mesh=mesh,
-            landmarks68=to_ibug68(mesh), labels=self.segmenter.segment(image, mesh),
+            landmarks68=self.landmarks68(image, mesh), labels=self.segmenter.segment(image, mesh),
         )
+
+    def landmarks68(self, image: np.ndarray, mesh: np.ndarray) -> np.ndarray:
+        """The (68, 2) iBUG points of a face whose mesh (468, 3) was found in the photo."""
+        points = to_ibug68(mesh)
+        return points if self.refiner is None else self.refiner.refine(image, points)
 
     def crop(self, landmarks68: np.ndarray) -> CropTransform:
         """The fitting crop around a face's 68 landmarks (photo pixels)."""

@@ -6,6 +6,7 @@ import torch
 
 from fit3dmm.config import FitConfig
 from fit3dmm.datasets import fix_left_right, read_mask, read_pts
+from fit3dmm.errors import InputError
 from fit3dmm.files import read_image
 from fit3dmm.metrics import IOU_PARTS, landmark_nme, part_iou
 from fit3dmm.outputs import fitted_labels
@@ -35,6 +36,11 @@ def test_fitted_landmarks_match_hand_placed(pipeline, shared_dir, name):
     fitted = out.target.crop.to_photo(out.result.landmarks68.numpy())
     truth = read_pts(photo.with_suffix(".pts"))
     assert landmark_nme(fitted, truth) < MAX_FIT_NME
+
+
+def test_an_unknown_landmark_source_is_a_clear_error(ict_model):
+    with pytest.raises(InputError, match="unknown landmark source 'eos'; known: dlib, mesh"):
+        Pipeline(FitConfig(landmarks="eos"), ict_model)
 
 
 def _celeba_pair(shared_dir, stem):

@@ -145,3 +145,20 @@ def test_ray_local_actors_fit_the_batch(inputs, tmp_path):
     again = subprocess.run([*FIT, str(photos), "-o", str(out), *QUICK, "--ray", "local"], capture_output=True,
                            text=True, timeout=900)
     assert again.returncode == 1 and again.stderr.count("skipped") >= 1  # nothing refitted: only the broken file runs
+
+
+def test_a_result_from_before_the_landmarks_setting_counts_as_mesh_landmarks(tmp_path):
+    """Fits written before FitConfig.landmarks existed used the mesh's points: a run with the new default
+    (dlib) must not take them as its own, a run with --landmarks mesh may."""
+    import json
+
+    from fit3dmm.config import FitConfig
+    from fit3dmm.errors import InputError
+    from fit3dmm.outputs import holds_fit
+
+    old = FitConfig.create().to_dict()
+    del old["landmarks"]
+    (tmp_path / "params.json").write_text(json.dumps({"config": old}))
+    assert holds_fit(tmp_path, FitConfig.create(landmarks="mesh"))
+    with pytest.raises(InputError, match="other settings"):
+        holds_fit(tmp_path, FitConfig.create())
