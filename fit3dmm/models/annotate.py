@@ -201,6 +201,81 @@ def revote(data: ModelData, votes: np.ndarray, min_votes: int = MIN_VOTES) -> Mo
     return with_parts(data, parts, skin_subset(data.mean, parts))
 
 
+#: The landmark vote (:func:`vote_landmarks`): a point's candidates lie within this many eye-corner distances
+#: of its current vertex, and it moves only when its median distance drops by more than LANDMARK_MIN_GAIN.
+LANDMARK_RADIUS = 0.11
+LANDMARK_MIN_GAIN = 0.005
+#: The points voted: brows, nose, eyes and lips; the jaw points march along the silhouette instead.
+VOTED_LANDMARKS = range(17, 68)
+
+
+@dataclass
+class LandmarkVote:
+    landmarks68: np.ndarray  # (68,) the voted vertex ids
+    before: np.ndarray  # (68,) median distance of the previous vertices to the detected points (eye-corner distances)
+    after: np.ndarray  # (68,) the same for the voted vertices
+    photos_used: int
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def vote_landmarks(
+    model: FaceModel,
+    images: list,
+    config: FitConfig | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    batch_size: int = 16,
+) -> LandmarkVote:
+    """Vote the model's landmark vertices for iBUG points 17-67 on photos (paths; the vote's fifth step,
+    after the parts and the texture): each photo is fitted with the full fit whose last stage has no
+    landmark term (PRDL and the photometric term place the face, so the vertices do not pull themselves
+    onto the points), and each point takes the candidate vertex (outside the eye parts: an eyeball turns
+    with the gaze, not the lids) whose projection lies nearest the detected point in the median over the
+    photos. Only photos whose 68 points are dlib's in full (:class:`fit3dmm.perception.ibug68.Ibug68Refiner`
+    trust 1: iBUG 300-W's convention, which the points follow) vote. Photos that fail are skipped and listed."""
+    base = (config or FitConfig()).with_(landmarks="dlib")
+    last = base.stages[-1]
+    stages = (*base.stages[:-1], replace(last, losses=tuple(x for x in last.losses if x[0] != "landmark")))
+    pipeline = Pipeline(base.with_(stages=stages), model)
+    mean, current = model.data.mean, model.data.landmarks68
+    eye_distance = float(np.linalg.norm(mean[current[36]] - mean[current[45]]))
+    eyes = np.isin(model.data.parts, [PART_NAMES.index("left_eye"), PART_NAMES.index("right_eye")])
+    candidates = {k: np.flatnonzero((np.linalg.norm(mean - mean[current[k]], axis=1) < LANDMARK_RADIUS * eye_distance)
+                                    & (~eyes | (np.arange(len(mean)) == current[k]))) for k in VOTED_LANDMARKS}
+    distances = {k: [] for k in VOTED_LANDMARKS}
+    failures = []
+    for start in range(0, len(images), batch_size):
+        ready = []
+        for path in images[start : start + batch_size]:
+            try:
+                prepared = pipeline.prepare(read_image(path))
+            except Fit3dmmError as e:
+                failures.append((str(path), str(e)))
+                continue
+            if pipeline.refiner.trust == 1.0:
+                ready.append(prepared)
+        for prepared, out in zip(ready, pipeline.fit_batch(ready) if ready else []):
+            points = prepared.target.landmarks68.cpu().numpy()
+            scale = np.linalg.norm(points[36] - points[45])
+            xy = out.result.screen[:, :2].cpu().numpy()
+            for k, ids in candidates.items():
+                distances[k].append(np.linalg.norm(xy[ids] - points[k], axis=1) / scale)
+        done = min(start + batch_size, len(images))
+        if progress is not None:
+            progress(done, len(images), str(images[done - 1]))
+    used = len(distances[VOTED_LANDMARKS[0]])
+    if used == 0:
+        raise InputError("no photo's landmarks were dlib's in full; the landmark vote needs near-frontal photos")
+    voted = current.copy()
+    before, after = np.full(68, np.nan), np.full(68, np.nan)
+    for k, ids in candidates.items():
+        median = np.median(np.stack(distances[k]), axis=0)
+        own, best = int(np.flatnonzero(ids == current[k])[0]), int(np.argmin(median))
+        if median[own] - median[best] > LANDMARK_MIN_GAIN:
+            voted[k] = ids[best]
+        before[k], after[k] = median[own], median[int(np.flatnonzero(ids == voted[k])[0])]
+    return LandmarkVote(voted, before, after, used, failures)
+
+
 def mean_texture(data: ModelData, parts: np.ndarray, colour_sum: np.ndarray, count: np.ndarray) -> np.ndarray:
     """(V, 3) mean colour per vertex; vertices never seen take the mean of their seen neighbours, spread
     over the mesh until all have one (or the overall mean where nothing connects). With lid margins
