@@ -112,7 +112,7 @@ class FaceMeshPredictor:
         scale = side / _INPUT_SIZE
         # crop (continuous) -> photo (continuous): p = scale * R u + t
         t = centre - rot @ np.full(2, side / 2)
-        crop = _warp(image, scale * rot, t, _INPUT_SIZE).astype(np.float32) / 255.0
+        crop = warp_crop(image, scale * rot, t, _INPUT_SIZE).astype(np.float32) / 255.0
         raw, logit = self._infer(crop)
         # Mirrored crop: undo the flip (x -> size - x in continuous coords) and the left/right ids.
         raw_flip, _ = self._infer(np.ascontiguousarray(crop[:, ::-1]))
@@ -143,7 +143,7 @@ def _rotation(angle: float) -> np.ndarray:
     return np.array([[c, -s], [s, c]])
 
 
-def _warp(image: np.ndarray, linear: np.ndarray, t: np.ndarray, size: int) -> np.ndarray:
+def warp_crop(image: np.ndarray, linear: np.ndarray, t: np.ndarray, size: int) -> np.ndarray:
     """Sample a size x size crop where crop point u maps to photo point linear @ u + t (continuous).
 
     When the crop shrinks the photo, the covered region is first reduced with an area filter so the
