@@ -5,9 +5,7 @@ import numpy as np
 
 from fit3dmm.datasets import image_mask_pairs
 from fit3dmm.models import PART_NAMES
-from fit3dmm.models.annotate import (
-    OTHER, annotate, clean_parts, full_fit_pass, mean_texture, parts_from_votes, revote, vote_landmarks,
-)
+from fit3dmm.models.annotate import OTHER, annotate, clean_parts, full_fit_pass, mean_texture, parts_from_votes, revote
 from fit3dmm.models.ict import EYEBALLS, FACE
 
 
@@ -124,8 +122,8 @@ def test_full_fit_pass_averages_only_the_head_surface_and_skips_photos_without_a
     brows = np.isin(parts, [PART_NAMES.index("left_eyebrow"), PART_NAMES.index("right_eyebrow")])
     nose_height = ict_model.data.mean[parts == PART_NAMES.index("nose"), 1].mean()
     cheeks = (parts == PART_NAMES.index("skin")) & (np.abs(ict_model.data.mean[:, 1] - nose_height) < 1)
-    # One photo's fit sets the margin: cheeks minus brows is 0.048 here with dlib's landmarks (0.088 with the
-    # mesh's, 0.110 with the earlier two parser networks; 0.044-0.235 over the first four photos); brows
+    # One photo's fit sets the margin: cheeks minus brows is 0.052 here with dlib's landmarks (0.093 with the
+    # mesh's, 0.110 with the earlier two parser networks; 0.050-0.256 over the first four photos); brows
     # painted from the skin around them would give about 0.
     assert texture[brows].mean() < texture[cheeks].mean() - 0.03
 
@@ -181,53 +179,3 @@ def test_annotate_command_votes_revotes_and_paints(ict_npz, shared_dir, tmp_path
     assert model.has_parts and model.mean_texture is not None and np.array_equal(exported["parts"], model.parts)
     for name in ("nose", "skin", "up_lip"):
         assert (model.parts == PART_NAMES.index(name)).sum() > 20, name
-
-
-def test_the_landmark_vote_brings_a_displaced_landmark_vertex_back(ict_model, shared_dir):
-    """The nose tip (iBUG 30), moved to a vertex 0.08 eye-corner distances away, is voted back near its
-    vertex (the vote on 119 photos; 4 photos agree with it to within 0.05); the jaw is never voted."""
-    from dataclasses import replace
-
-    from fit3dmm.config import FitConfig
-    from fit3dmm.models import FaceModel
-
-    data = ict_model.data
-    mean, own = data.mean, data.landmarks68
-    eye = np.linalg.norm(mean[own[36]] - mean[own[45]])
-    distance = np.linalg.norm(mean - mean[own[30]], axis=1)
-    displaced = own.copy()
-    displaced[30] = int(np.argmin(np.abs(distance - 0.08 * eye) + 1e3 * (data.parts < 0)))
-    photos = sorted((shared_dir / "data" / "celebamask-hq" / "images").glob("*.jpg"))[:4]
-    vote = vote_landmarks(FaceModel(replace(data, landmarks68=displaced)), photos, FitConfig.create(iterations=20))
-    assert vote.photos_used >= 3 and not vote.failures
-    assert np.linalg.norm(mean[vote.landmarks68[30]] - mean[own[30]]) < 0.05 * eye
-    assert vote.after[30] < vote.before[30] - 0.005
-    assert np.array_equal(vote.landmarks68[:17], displaced[:17]) and np.isnan(vote.before[:17]).all()
-
-
-def test_annotate_command_votes_the_landmarks_alone(ict_npz, shared_dir, tmp_path, monkeypatch):
-    """`model annotate --landmarks-only` keeps parts and texture and saves the voted landmark vertices into
-    the model and the export; it needs an annotated model and is a step of its own."""
-    from click.testing import CliRunner
-
-    from fit3dmm.cli import main
-    from fit3dmm.models import load_model, save_model
-    from fit3dmm.models.ict import import_ict
-
-    monkeypatch.setenv("FIT3DMM_MODELS", str(tmp_path))
-    save_model(import_ict(ict_npz), tmp_path / "ict.npz")
-    save_model(import_ict(ict_npz, name="bare", with_parts=False), tmp_path / "bare.npz")
-    before = load_model(tmp_path / "ict.npz")
-    root = shared_dir / "data" / "celebamask-hq"
-    args = ["--images", str(root / "images"), "--masks", str(root / "masks"), "--limit", "2", "--check", "0"]
-    for name, extra, message in (("bare", [], "has no parts"), ("ict", ["--texture-only"], "separate steps")):
-        bad = CliRunner().invoke(main, ["model", "annotate", name, *args, "--landmarks-only", *extra])
-        assert bad.exit_code != 0 and "Traceback" not in bad.output and message in bad.output
-    export = tmp_path / "parts.npz"
-    result = CliRunner().invoke(main, ["model", "annotate", "ict", *args, "--landmarks-only", "--export", str(export)])
-    assert result.exit_code == 0, result.output
-    assert "voted the landmark vertices on 2 photos" in result.output
-    after, exported = load_model(tmp_path / "ict.npz"), np.load(export)
-    assert np.array_equal(after.parts, before.parts) and np.array_equal(after.mean_texture, before.mean_texture)
-    assert np.array_equal(exported["landmarks68"], after.landmarks68)
-    assert np.array_equal(after.landmarks68[:17], before.landmarks68[:17])
