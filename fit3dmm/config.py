@@ -32,6 +32,9 @@ SEG_WEIGHTS = {"prdl": PRDL_WEIGHT, "iou": 0.025, "chamfer": 0.008, "dcd": 2.0, 
 MODES = ("full", "seg-only")
 #: Where the 68 target points come from (FitConfig.landmarks).
 LANDMARK_SOURCES = ("dlib", "mesh")
+#: What a fit did before a FitConfig setting existed, where that is not the setting's default: results
+#: written then are read with these values (outputs.holds_fit). Before `landmarks`, the mesh's points.
+SETTINGS_BEFORE_THEY_EXISTED = {"landmarks": "mesh"}
 #: PRDL's anchors per side of the square crop grid (8x8 = 64, one every 28 px of the 224 crop). Denser
 #: grids (28x28, 56x56) gave the same Part IoU at up to 4x the cost (README, "PRDL").
 ANCHOR_GRID = 8

@@ -22,7 +22,7 @@ import trimesh
 
 from . import __version__
 from .appearance import vertex_albedo
-from .config import EXPORTS, FitConfig
+from .config import EXPORTS, SETTINGS_BEFORE_THEY_EXISTED, FitConfig
 from .datasets import LABEL_NAMES
 from .errors import InputError
 from .models.bands import apply_bands, choose_bands, model_fields
@@ -250,9 +250,8 @@ def holds_fit(folder: Path, config: FitConfig) -> bool:
     except (OSError, ValueError, KeyError, TypeError):
         raise InputError(f"{params} is unreadable (--overwrite fits the photo again)") from None
     wanted = json.loads(json.dumps(config.to_dict()))
-    # A setting added since the result was written counts as what the fit did before it (landmarks: the
-    # mesh's), or else as its default.
-    before = {**json.loads(json.dumps(FitConfig().to_dict())), "landmarks": "mesh"}
+    # A setting added since the result was written counts as what the fit did before it, or else as its default.
+    before = {**json.loads(json.dumps(FitConfig().to_dict())), **SETTINGS_BEFORE_THEY_EXISTED}
     saved = {**{k: v for k, v in before.items() if k not in saved}, **saved}
     if {k: v for k, v in saved.items() if k != "device"} != {k: v for k, v in wanted.items() if k != "device"}:
         raise InputError(f"{folder} holds a fit made with other settings (--overwrite refits it with these)")

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fit3dmm.errors import ModelError
-from fit3dmm.perception.landmarks import warp_crop
+from fit3dmm.perception.landmarks import eye_line_angle, rotation_2d, warp_crop
 
 # dlib's boxes relative to the 68 points' bounding box in the eye-levelled frame: centre offset (x, y) and
 # side, in units of the box's larger side. Medians over 395 CelebAMask-HQ train photos 0-399 where dlib's
@@ -69,10 +69,7 @@ class Ibug68Refiner:
 
     def predict(self, image: np.ndarray, points: np.ndarray) -> np.ndarray:
         """dlib's (68, 2) points in the box derived from ``points`` (68, 2), in an eye-levelled crop."""
-        eye = points[45] - points[36]
-        angle = float(np.arctan2(eye[1], eye[0]))
-        c, s = np.cos(angle), np.sin(angle)
-        rot = np.array([[c, -s], [s, c]])
+        rot = rotation_2d(eye_line_angle(points[36], points[45]))
         local = points @ rot  # photo -> eye-levelled frame
         lo, hi = local.min(0), local.max(0)
         size = float((hi - lo).max())

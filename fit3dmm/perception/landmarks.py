@@ -79,11 +79,11 @@ class FaceMeshPredictor:
         # Continuous coordinates (+0.5) inside: the crop maths below assume pixel i covers [i, i+1).
         centre = np.array([(x0 + x1) / 2 + 0.5, (y0 + y1) / 2 + 0.5])
         side = _CROP_SCALE * max(x1 - x0, y1 - y0)
-        mesh, score = self._run(image, centre, side, _angle(detection.keypoints[0], detection.keypoints[1]))
+        mesh, score = self._run(image, centre, side, eye_line_angle(detection.keypoints[0], detection.keypoints[1]))
 
         # Second pass: crop from the mesh itself, box = extent in the eye-levelled frame.
-        angle = _angle(mesh[_RIGHT_EYE_OUTER, :2], mesh[_LEFT_EYE_OUTER, :2])
-        rot = _rotation(angle)
+        angle = eye_line_angle(mesh[_RIGHT_EYE_OUTER, :2], mesh[_LEFT_EYE_OUTER, :2])
+        rot = rotation_2d(angle)
         local = mesh[:, :2] @ rot  # photo -> eye-levelled frame (rows are points)
         lo, hi = local.min(0), local.max(0)
         centre = ((lo + hi) / 2) @ rot.T
@@ -108,7 +108,7 @@ class FaceMeshPredictor:
     def _run(self, image: np.ndarray, centre: np.ndarray, side: float, angle: float):
         """Crop a rotated square (continuous coords), run the model, return the mesh in continuous photo
         coordinates and the face probability."""
-        rot = _rotation(angle)
+        rot = rotation_2d(angle)
         scale = side / _INPUT_SIZE
         # crop (continuous) -> photo (continuous): p = scale * R u + t
         t = centre - rot @ np.full(2, side / 2)
@@ -132,13 +132,13 @@ class FaceMeshPredictor:
         return raw, float(self._interpreter.get_tensor(self._score_index).reshape(-1)[0])
 
 
-def _angle(right: np.ndarray, left: np.ndarray) -> float:
+def eye_line_angle(right: np.ndarray, left: np.ndarray) -> float:
     """Angle (radians, image axes) of the vector from the subject's right to left eye."""
     d = np.asarray(left, np.float64) - np.asarray(right, np.float64)
     return float(np.arctan2(d[1], d[0]))
 
 
-def _rotation(angle: float) -> np.ndarray:
+def rotation_2d(angle: float) -> np.ndarray:
     c, s = np.cos(angle), np.sin(angle)
     return np.array([[c, -s], [s, c]])
 
