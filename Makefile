@@ -53,13 +53,18 @@ test: setup check-shared $(VENV)/.ray browser-tools
 bench: setup check-shared
 	$(BIN)/python -m fit3dmm.bench
 
-# Regenerates the shipped part annotation and mean texture of the ICT model from CelebAMask-HQ (about 70 min
-# here: 8 min of voting, 30 of re-voting through full fits, 30 of painting through full fits with the
-# re-voted parts).
+# Regenerates the shipped part annotation, landmark vertices and mean texture of the ICT model from
+# CelebAMask-HQ (about 110 min here: 8 min of voting, 30 of re-voting through full fits, 30 of painting
+# through full fits with the re-voted parts, 10 of voting the landmark vertices through fits without the
+# landmark term, 30 of painting again through full fits with the voted landmark vertices).
 annotate: setup check-shared
 	FIT3DMM_MODELS=$(abspath .annotate) $(BIN)/fit3dmm model import-ict --no-parts "$(SHARED)/models/ict-facekit/ict_facekit_light.npz"
 	FIT3DMM_MODELS=$(abspath .annotate) $(BIN)/fit3dmm model annotate ict \
 	  --images "$(SHARED)/data/celebamask-hq/images" --masks "$(SHARED)/data/celebamask-hq/masks" --check 180
+	FIT3DMM_MODELS=$(abspath .annotate) $(BIN)/fit3dmm model annotate ict --texture-only \
+	  --images "$(SHARED)/data/celebamask-hq/images" --masks "$(SHARED)/data/celebamask-hq/masks"
+	FIT3DMM_MODELS=$(abspath .annotate) $(BIN)/fit3dmm model annotate ict --landmarks-only --limit 128 \
+	  --images "$(SHARED)/data/celebamask-hq/images" --masks "$(SHARED)/data/celebamask-hq/masks"
 	FIT3DMM_MODELS=$(abspath .annotate) $(BIN)/fit3dmm model annotate ict --texture-only \
 	  --images "$(SHARED)/data/celebamask-hq/images" --masks "$(SHARED)/data/celebamask-hq/masks" \
 	  --export fit3dmm/data/ict_parts.npz

@@ -671,14 +671,17 @@ def show_cmd(model_name, out) -> None:
               help="Also write the annotation alone (parts, skin_subset, mean_texture) to this .npz.")
 @click.option("--texture-only", is_flag=True,
               help="Keep MODEL's parts; only paint its mean texture again through fits with them.")
-def annotate_cmd(model_name, images, masks, limit, check, export, texture_only) -> None:
+@click.option("--landmarks-only", is_flag=True,
+              help="Keep MODEL's parts and texture; only vote its 68 landmark vertices again, through "
+                   "fits without the landmark term, against dlib's points (README, 'Part annotation').")
+def annotate_cmd(model_name, images, masks, limit, check, export, texture_only, landmarks_only) -> None:
     """Label MODEL's vertices with parts by voting on labelled photos (CelebAMask-HQ layout), vote again
     and paint its mean texture through full fits with those parts, and save both into the model."""
     from .datasets import image_mask_pairs, split_pairs
     from .files import check_output_dir
-    from .models import PART_NAMES, FaceModel, load_model, resolve_model, save_model
-    from .models.annotate import annotate, apply_annotation, full_fit_pass, revote, score_annotation
-    from .outputs import write_atomic
+    from .models import PART_NAMES, FaceModel, load_model, resolve_model
+    from .models.facemodel import with_landmarks
+    from .models.annotate import annotate, apply_annotation, full_fit_pass, revote, score_annotation, vote_landmarks
 
     try:
         path = resolve_model(model_name)
@@ -692,6 +695,27 @@ def annotate_cmd(model_name, images, masks, limit, check, export, texture_only) 
         _fail(error_text(e))
     train = split_pairs(pairs, "train")[:limit]
     val = split_pairs(pairs, "val")[:check]
+    if texture_only and landmarks_only:
+        _fail("--texture-only and --landmarks-only are separate steps; give one")
+    if landmarks_only:
+        if not data.has_parts:
+            _fail(f"model '{model_name}' has no parts; annotate it first (without --landmarks-only)")
+        try:
+            with _progress() as bar:
+                task = bar.add_task("fits without landmarks: voting landmarks", total=len(train), info="")
+                vote = vote_landmarks(FaceModel(data), [image for image, _ in train],
+                                      progress=lambda i, n, name: bar.update(task, completed=i, info=Path(name).name))
+        except Fit3dmmError as e:
+            _fail(error_text(e))
+        for image, message in vote.failures:
+            console.print(f"[yellow]skipped[/yellow] {image}: {message}")
+        moved = vote.landmarks68 != data.landmarks68
+        data = with_landmarks(data, vote.landmarks68)
+        _save_annotation(data, path, export)
+        console.print(f"voted the landmark vertices on {vote.photos_used} photos: {int(moved.sum())} of 68 moved; median distance to dlib's points "
+                      f"{np.nanmean(vote.before):.2%} -> {np.nanmean(vote.after):.2%} of the eye-corner distance")
+        console.print(f"saved the landmarks into {path}")
+        return
     if texture_only:
         if not data.has_parts:
             _fail(f"model '{model_name}' has no parts to paint a texture with; run without --texture-only")
@@ -717,14 +741,7 @@ def annotate_cmd(model_name, images, masks, limit, check, export, texture_only) 
     if texture_only:  # nothing was voted: report the painting's skips here
         for image, message in failures:
             console.print(f"[yellow]skipped[/yellow] {image}: {message}")
-    try:
-        save_model(annotated, path)
-        if export:
-            write_atomic(export, lambda tmp: np.savez_compressed(
-                tmp, parts=annotated.parts.astype(np.int8), skin_subset=annotated.skin_subset.astype(np.int32),
-                mean_texture=(texture * 255).round().astype(np.uint8)))
-    except OSError as e:
-        _fail(error_text(e))
+    _save_annotation(annotated, path, export)
     if not texture_only:
         counts = {name: int((annotated.parts == k).sum()) for k, name in enumerate(PART_NAMES)}
         console.print(f"voted on {result.photos_used} photos, re-voted through their full fits ({moved} vertices "
@@ -741,6 +758,22 @@ def annotate_cmd(model_name, images, masks, limit, check, export, texture_only) 
             table.add_row(name, f"{value:.3f}")
         Console().print(table)
     console.print(f"saved the annotation into {path}")
+
+
+def _save_annotation(data, path: Path, export: Path | None) -> None:
+    """Save an annotated model, and with ``export`` its annotation alone (the packaged file's layout)."""
+    from .models import save_model
+    from .outputs import write_atomic
+
+    try:
+        save_model(data, path)
+        if export:
+            write_atomic(export, lambda tmp: np.savez_compressed(
+                tmp, parts=data.parts.astype(np.int8), skin_subset=data.skin_subset.astype(np.int32),
+                mean_texture=(data.mean_texture * 255).round().astype(np.uint8),
+                landmarks68=data.landmarks68.astype(np.int32)))
+    except OSError as e:
+        _fail(error_text(e))
 
 
 @main.group()

@@ -5,7 +5,9 @@ import numpy as np
 
 from fit3dmm.datasets import image_mask_pairs
 from fit3dmm.models import PART_NAMES
-from fit3dmm.models.annotate import OTHER, annotate, clean_parts, full_fit_pass, mean_texture, parts_from_votes, revote
+from fit3dmm.models.annotate import (
+    OTHER, annotate, clean_parts, full_fit_pass, mean_texture, parts_from_votes, revote, vote_landmarks,
+)
 from fit3dmm.models.ict import EYEBALLS, FACE
 
 
@@ -179,3 +181,62 @@ def test_annotate_command_votes_revotes_and_paints(ict_npz, shared_dir, tmp_path
     assert model.has_parts and model.mean_texture is not None and np.array_equal(exported["parts"], model.parts)
     for name in ("nose", "skin", "up_lip"):
         assert (model.parts == PART_NAMES.index(name)).sum() > 20, name
+
+
+def test_the_landmark_vote_brings_displaced_landmark_vertices_back(ict_model, shared_dir):
+    """The nose tip (iBUG 30) moved to a vertex 0.08 eye-corner distances away, and a side jaw point (3)
+    moved 0.06 down the face (the vertex nearest 0.08), are voted back near their own (the vote on 119
+    photos kept both; 4 photos agree to within 0.05 and 0.04; the jaw point's own came back): the jaw
+    point judged by where its contour line marches to."""
+    from fit3dmm.config import FitConfig
+    from fit3dmm.models import FaceModel
+    from fit3dmm.models.facemodel import face_region, with_landmarks
+
+    data = ict_model.data
+    mean, own = data.mean, data.landmarks68
+    eye = np.linalg.norm(mean[own[36]] - mean[own[45]])
+    assert (data.contour[3] >= 0).sum() > 1  # a marching point
+    distance = np.linalg.norm(mean - mean[own[30]], axis=1)
+    displaced = own.copy()
+    displaced[30] = int(np.argmin(np.abs(distance - 0.08 * eye) + 1e3 * (data.parts < 0)))
+    down = mean[own[3]] - np.array([0.0, 0.08 * eye, 0.0])
+    displaced[3] = int(np.argmin(np.linalg.norm(mean - down, axis=1) + 1e3 * ~face_region(data)))
+    photos = sorted((shared_dir / "data" / "celebamask-hq" / "images").glob("*.jpg"))[:4]
+    model = FaceModel(with_landmarks(data, displaced))
+    vote = vote_landmarks(model, photos, FitConfig.create(iterations=20))
+    assert vote.photos_used >= 3 and not vote.failures
+    assert np.linalg.norm(mean[vote.landmarks68[30]] - mean[own[30]]) < 0.05 * eye
+    assert abs(mean[vote.landmarks68[3], 1] - mean[own[3], 1]) < 0.04 * eye
+    for k in (3, 30):
+        assert vote.after[k] < vote.before[k] - 0.005, k
+    assert np.isfinite(vote.before).all() and (vote.after <= vote.before).all()
+
+
+def test_annotate_command_votes_the_landmarks_alone(ict_npz, shared_dir, tmp_path, monkeypatch):
+    """`model annotate --landmarks-only` keeps parts and texture and saves the voted landmark vertices into
+    the model and the export; it needs an annotated model and is a step of its own."""
+    from click.testing import CliRunner
+
+    from fit3dmm.cli import main
+    from fit3dmm.models import load_model, save_model
+    from fit3dmm.models.contour import contour_candidates
+    from fit3dmm.models.facemodel import face_region
+    from fit3dmm.models.ict import import_ict
+
+    monkeypatch.setenv("FIT3DMM_MODELS", str(tmp_path))
+    save_model(import_ict(ict_npz), tmp_path / "ict.npz")
+    save_model(import_ict(ict_npz, name="bare", with_parts=False), tmp_path / "bare.npz")
+    before = load_model(tmp_path / "ict.npz")
+    root = shared_dir / "data" / "celebamask-hq"
+    args = ["--images", str(root / "images"), "--masks", str(root / "masks"), "--limit", "2", "--check", "0"]
+    for name, extra, message in (("bare", [], "has no parts"), ("ict", ["--texture-only"], "separate steps")):
+        bad = CliRunner().invoke(main, ["model", "annotate", name, *args, "--landmarks-only", *extra])
+        assert bad.exit_code != 0 and "Traceback" not in bad.output and message in bad.output
+    export = tmp_path / "parts.npz"
+    result = CliRunner().invoke(main, ["model", "annotate", "ict", *args, "--landmarks-only", "--export", str(export)])
+    assert result.exit_code == 0, result.output
+    assert "voted the landmark vertices on 2 photos" in result.output
+    after, exported = load_model(tmp_path / "ict.npz"), np.load(export)
+    assert np.array_equal(after.parts, before.parts) and np.array_equal(after.mean_texture, before.mean_texture)
+    assert np.array_equal(exported["landmarks68"], after.landmarks68)
+    assert np.array_equal(after.contour, contour_candidates(after.mean, after.landmarks68, face_region(after)))

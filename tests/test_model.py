@@ -8,7 +8,9 @@ import torch
 
 from fit3dmm.errors import ModelError
 from fit3dmm.models import PART_NAMES, FaceModel, load_model, save_model
-from fit3dmm.models.ict import EYEBALLS, FACE, import_ict
+from fit3dmm.models.contour import contour_candidates
+from fit3dmm.models.facemodel import face_region
+from fit3dmm.models.ict import EYEBALLS, FACE, import_ict, shipped_parts
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +36,16 @@ def test_import_shapes_and_selection(ict, raw):
     assert np.allclose(ict.id_basis[3], kept - ict.mean)
 
 
-def test_landmark_ids_follow_upstream(ict, raw, ict_npz):
+def test_landmark_ids_follow_upstream_or_the_shipped_vote(ict, raw, ict_npz):
+    """Without the shipped annotation the landmarks are ICT's; with it, the voted ones (README, "Part
+    annotation"), the jaw's contour lines drawn through them and the lid margins still ICT's."""
     upstream = json.loads((ict_npz.parent / "vertex_indices.json").read_text())["idx_to_landmark_verts"]
-    assert np.array_equal(ict.mean[ict.landmarks68], raw["neutral"][upstream])
+    bare = import_ict(ict_npz, with_parts=False)
+    assert np.array_equal(bare.mean[bare.landmarks68], raw["neutral"][upstream])
+    assert np.array_equal(ict.landmarks68, shipped_parts(len(ict.mean))["landmarks68"])
+    assert (ict.landmarks68 != bare.landmarks68).sum() > 10
+    assert np.array_equal(ict.contour, contour_candidates(ict.mean, ict.landmarks68, face_region(ict)))
+    assert not np.array_equal(ict.contour, bare.contour) and np.array_equal(bare.lid_margins, ict.lid_margins)
     # Outer eye corners are mirror images; the subject's right eye (36) is at negative x.
     assert ict.mean[ict.landmarks68[36], 0] < 0 < ict.mean[ict.landmarks68[45], 0]
     # Each jaw landmark is among its own contour candidates.

@@ -8,6 +8,30 @@ from torch import Tensor
 from .base import Frame, Loss, gather_vertices, register
 
 
+def outward_directions(mean: Tensor, landmarks68: Tensor, vertices: Tensor) -> Tensor:
+    """(K, 3) unit directions from the nose centre to ``vertices`` in the model's front plane (z = 0)."""
+    outward = mean[vertices] - mean[landmarks68[27:36]].mean(0)
+    outward[:, 2] = 0
+    return torch.nn.functional.normalize(outward, dim=1)
+
+
+def march_contour(
+    xy: Tensor, candidates: Tensor, valid: Tensor, outward: Tensor, rotation: Tensor, visible: Tensor | None,
+) -> Tensor:
+    """(B, K) the vertex each of K contour lines marches to: among its candidates (K, C; ``valid`` marks the
+    real ones) the one lying farthest along its outward direction (K, 3, model frame) rotated into the
+    image; with ``visible`` (B, V) only visible candidates count where a line has any. xy (B, V, 2)."""
+    direction = (outward @ rotation.transpose(-1, -2).detach())[..., :2]  # (B, K, 2) in the image
+    score = (xy.detach()[:, candidates] * direction[:, :, None, :]).sum(-1)  # (B, K, C)
+    valid = valid.expand_as(score)
+    if visible is not None:
+        # On the side facing the camera the outermost candidate can hide behind the ear.
+        seen = valid & visible[:, candidates]
+        valid = torch.where(seen.any(-1, keepdim=True), seen, valid)
+    score = score.masked_fill(~valid, float("-inf"))
+    return candidates[None].expand_as(score).gather(2, score.argmax(2, keepdim=True)).squeeze(2)
+
+
 @register
 class LandmarkLoss(Loss):
     """Mean squared pixel distance between fitted and detected landmarks.
@@ -25,26 +49,14 @@ class LandmarkLoss(Loss):
         cand = model.contour
         self.valid = cand >= 0
         self.candidates = cand.clamp(min=0)
-        mean = model.mean
-        centre = mean[model.landmarks68[27:36]].mean(0)
-        outward = mean[model.landmarks68[:17]] - centre
-        outward[:, 2] = 0
-        self.outward = torch.nn.functional.normalize(outward, dim=1)  # model frame
+        self.outward = outward_directions(model.mean, model.landmarks68, model.landmarks68[:17])  # model frame
 
     def fitted_points(self, frame: Frame) -> Tensor:
         """(B, 68, 2) fitted landmark positions in crop pixels, jaw marched."""
         xy = frame.screen[..., :2]
         lm = gather_vertices(xy, self.model.landmarks68)
         with torch.no_grad():
-            direction = (self.outward @ frame.rotation.transpose(-1, -2).detach())[..., :2]  # (B, 17, 2) in the image
-            score = (xy[:, self.candidates] * direction[:, :, None, :]).sum(-1)  # (B, 17, C)
-            valid = self.valid.expand_as(score)
-            if frame.visible is not None:
-                # On the side facing the camera the outermost candidate can hide behind the ear.
-                seen = valid & frame.visible[:, self.candidates]
-                valid = torch.where(seen.any(-1, keepdim=True), seen, valid)
-            score = score.masked_fill(~valid, float("-inf"))
-            pick = self.candidates[None].expand_as(score).gather(2, score.argmax(2, keepdim=True)).squeeze(2)
+            pick = march_contour(xy, self.candidates, self.valid, self.outward, frame.rotation, frame.visible)
         jaw = xy.gather(1, pick[..., None].expand(-1, -1, 2))
         return torch.cat([jaw, lm[:, 17:]], dim=1)
 

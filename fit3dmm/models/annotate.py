@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
+import torch
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -28,8 +29,10 @@ from ..files import read_image
 from ..metrics import mean_part_iou
 from ..pipeline import Pipeline
 from ..target import FACE_SURFACE_IDS
+from ..losses.landmark import march_contour, outward_directions
+from .contour import contour_line
 from .eyes import painted_eyeballs
-from .facemodel import PART_CELEBA_IDS, PART_NAMES, FaceModel, ModelData, skin_subset, with_parts
+from .facemodel import PART_CELEBA_IDS, PART_NAMES, FaceModel, ModelData, face_region, skin_subset, with_parts
 
 OTHER = len(PART_NAMES)  # vote slot for any non-part label (background, hair, ears, neck, ...)
 MIN_VOTES = 5
@@ -199,6 +202,103 @@ def revote(data: ModelData, votes: np.ndarray, min_votes: int = MIN_VOTES) -> Mo
     moved = (data.parts >= 0) & (part_votes.sum(1) >= min_votes)
     parts = clean_parts(data, np.where(moved, part_votes.argmax(1), data.parts))
     return with_parts(data, parts, skin_subset(data.mean, parts))
+
+
+#: The landmark vote (:func:`vote_landmarks`): a point's candidates lie within this many eye-corner distances
+#: of its current vertex, and it moves only when its median distance drops by more than LANDMARK_MIN_GAIN.
+LANDMARK_RADIUS = 0.11
+LANDMARK_MIN_GAIN = 0.005
+
+
+@dataclass
+class LandmarkVote:
+    landmarks68: np.ndarray  # (68,) the voted vertex ids
+    before: np.ndarray  # (68,) median distance of the previous vertices to the detected points (eye-corner distances)
+    after: np.ndarray  # (68,) the same for the voted vertices
+    photos_used: int
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def vote_landmarks(
+    model: FaceModel,
+    images: list,
+    config: FitConfig | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    batch_size: int = 16,
+) -> LandmarkVote:
+    """Vote the model's 68 landmark vertices on photos (paths; the vote's step after the parts): each photo
+    is fitted with the full fit whose last stage has no landmark term (PRDL and the photometric term place
+    the face, so the vertices do not pull themselves onto the points), and each point takes the candidate
+    vertex (outside the eye parts: an eyeball turns with the gaze, not the lids) whose projection lies
+    nearest the detected point in the median over the photos. A jaw point is judged where it marches to
+    (:func:`fit3dmm.losses.landmark.march_contour` along the contour line through the candidate), so the vote
+    chooses the height of its line. Only photos whose 68 points are dlib's in full
+    (:class:`fit3dmm.perception.ibug68.Ibug68Refiner` trust 1: iBUG 300-W's convention, which the points
+    follow) vote. Photos that fail are skipped and listed."""
+    base = (config or FitConfig()).with_(landmarks="dlib")
+    last = base.stages[-1]
+    stages = (*base.stages[:-1], replace(last, losses=tuple(x for x in last.losses if x[0] != "landmark")))
+    pipeline = Pipeline(base.with_(stages=stages), model)
+    data = model.data
+    mean, current = data.mean, data.landmarks68
+    eye_distance = float(np.linalg.norm(mean[current[36]] - mean[current[45]]))
+    eyes = np.isin(data.parts, [PART_NAMES.index("left_eye"), PART_NAMES.index("right_eye")])
+    region = face_region(data)
+    candidates = [np.flatnonzero((np.linalg.norm(mean - mean[current[k]], axis=1) < LANDMARK_RADIUS * eye_distance)
+                                 & (~eyes | (np.arange(len(mean)) == current[k])) & (region | (k >= 17)))
+                  for k in range(68)]
+    fits, failures = [], []  # per voting photo: (its points, scale, xy (V, 2), rotation, visible)
+    for start in range(0, len(images), batch_size):
+        ready = []
+        for path in images[start : start + batch_size]:
+            try:
+                prepared = pipeline.prepare(read_image(path))
+            except Fit3dmmError as e:
+                failures.append((str(path), str(e)))
+                continue
+            if pipeline.refiner.trust == 1.0:
+                ready.append(prepared)
+        for prepared, out in zip(ready, pipeline.fit_batch(ready) if ready else []):
+            points = prepared.target.landmarks68.cpu()
+            fits.append((points, (points[36] - points[45]).norm(), out.result.screen[:, :2].cpu(),
+                         out.result.rotation.cpu(), out.result.visible.cpu()))
+        done = min(start + batch_size, len(images))
+        if progress is not None:
+            progress(done, len(images), str(images[done - 1]))
+    if not fits:
+        raise InputError("no photo's landmarks were dlib's in full; the landmark vote needs near-frontal photos")
+
+    def median_distances(k: int, placed) -> np.ndarray:
+        """(candidates,) median over the photos of the distance from point k to where each candidate puts it
+        (``placed(xy, rotation, visible)`` -> (candidates, 2))."""
+        per_photo = [((placed(xy, rot, vis) - points[k]).norm(dim=-1) / scale).numpy()
+                     for points, scale, xy, rot, vis in fits]
+        return np.median(np.stack(per_photo), axis=0)
+
+    def vote(k: int, median: np.ndarray) -> None:
+        ids = candidates[k]
+        own, best = int(np.flatnonzero(ids == current[k])[0]), int(np.argmin(median))
+        if median[own] - median[best] > LANDMARK_MIN_GAIN:
+            voted[k] = ids[best]
+        before[k], after[k] = median[own], median[int(np.flatnonzero(ids == voted[k])[0])]
+
+    voted = current.copy()
+    before, after = np.full(68, np.nan), np.full(68, np.nan)
+    for k in range(17, 68):
+        vote(k, median_distances(k, lambda xy, rot, vis, ids=torch.from_numpy(candidates[k]): xy[ids]))
+    # The jaw's lines are drawn as the model will draw them: from the voted nose and eye corners.
+    mean_t, voted_t = torch.from_numpy(mean).float(), torch.from_numpy(voted)
+    for k in range(17):
+        ids = candidates[k]
+        lines = torch.from_numpy(np.stack([contour_line(mean, voted, region, int(c)) for c in ids]))
+        outward = outward_directions(mean_t, voted_t, torch.from_numpy(ids))
+
+        def marched(xy, rot, vis, lines=lines, outward=outward):
+            pick = march_contour(xy[None], lines.clamp(min=0), lines >= 0, outward, rot[None], vis[None])
+            return xy[pick[0]]
+
+        vote(k, median_distances(k, marched))
+    return LandmarkVote(voted, before, after, len(fits), failures)
 
 
 def mean_texture(data: ModelData, parts: np.ndarray, colour_sum: np.ndarray, count: np.ndarray) -> np.ndarray:

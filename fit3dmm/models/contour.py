@@ -13,38 +13,41 @@ from __future__ import annotations
 import numpy as np
 
 
-def contour_candidates(
-    mean: np.ndarray, landmarks68: np.ndarray, region: np.ndarray, band: float = 0.06, depth: float = 0.3,
-    width: int = 64, sideways: float = 0.85,
+def contour_line(
+    mean: np.ndarray, landmarks68: np.ndarray, region: np.ndarray, vertex: int, band: float = 0.06,
+    depth: float = 0.3, width: int = 64, sideways: float = 0.85,
 ) -> np.ndarray:
-    """(17, width) candidate vertex ids per jaw landmark, padded with -1.
+    """(width,) candidate vertex ids of a jaw landmark placed at ``vertex``, padded with -1: the slab through
+    it, or the vertex alone where its outward direction is less than ``sideways`` horizontal.
 
     ``band`` (half slab height) and ``depth`` (how far behind the landmark candidates reach) are fractions
-    of the outer-eye-corner distance, so they suit any model's units. Landmarks whose outward direction
-    (from the nose centre, in the front plane) is less than ``sideways`` horizontal keep their own vertex.
-    """
+    of the outer-eye-corner distance (``landmarks68`` gives it and the nose centre), so they suit any model's
+    units."""
     eye_dist = np.linalg.norm(mean[landmarks68[36]] - mean[landmarks68[45]])
     centre = mean[landmarks68[27:36]].mean(0)
+    out = -np.ones(width, dtype=np.int64)
+    p = mean[vertex]
+    outward = (p - centre)[:2]
+    if abs(outward[0]) < sideways * np.linalg.norm(outward):
+        out[0] = vertex
+        return out
     ids = np.nonzero(region)[0]
     pts = mean[ids]
-    out = -np.ones((17, width), dtype=np.int64)
-    for i in range(17):
-        lm = landmarks68[i]
-        p = mean[lm]
-        outward = (p - centre)[:2]
-        if abs(outward[0]) < sideways * np.linalg.norm(outward):
-            out[i, 0] = lm
-            continue
-        side = np.sign(p[0])
-        sel = (
-            (np.abs(pts[:, 1] - p[1]) < band * eye_dist)
-            & (pts[:, 0] * side >= 0.5 * abs(p[0]))
-            & (pts[:, 2] >= p[2] - depth * eye_dist)
-        )
-        cand = ids[sel]
-        if len(cand) > width - 1:  # keep an even spread along x, always including the landmark itself
-            order = cand[np.argsort(np.abs(mean[cand, 0]))]
-            cand = order[np.linspace(0, len(order) - 1, width - 1).round().astype(int)]
-        cand = np.unique(np.concatenate([[lm], cand]))
-        out[i, : len(cand)] = cand
+    side = np.sign(p[0])
+    sel = (
+        (np.abs(pts[:, 1] - p[1]) < band * eye_dist)
+        & (pts[:, 0] * side >= 0.5 * abs(p[0]))
+        & (pts[:, 2] >= p[2] - depth * eye_dist)
+    )
+    cand = ids[sel]
+    if len(cand) > width - 1:  # keep an even spread along x, always including the landmark itself
+        order = cand[np.argsort(np.abs(mean[cand, 0]))]
+        cand = order[np.linspace(0, len(order) - 1, width - 1).round().astype(int)]
+    cand = np.unique(np.concatenate([[vertex], cand]))
+    out[: len(cand)] = cand
     return out
+
+
+def contour_candidates(mean: np.ndarray, landmarks68: np.ndarray, region: np.ndarray, **kwargs) -> np.ndarray:
+    """(17, width) candidate vertex ids per jaw landmark, padded with -1 (:func:`contour_line` of each)."""
+    return np.stack([contour_line(mean, landmarks68, region, int(landmarks68[i]), **kwargs) for i in range(17)])

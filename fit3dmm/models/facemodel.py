@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from ..errors import ModelError
 from ..files import read_npz, reason
 from ..sampling import farthest_point_sampling
+from .contour import contour_candidates
 from .eyes import opening_grid
 
 FORMAT = "fit3dmm-model/1"
@@ -230,6 +231,19 @@ def skin_subset(mean: np.ndarray, parts: np.ndarray, k: int = SKIN_POINTS) -> np
 
 def with_parts(data: ModelData, parts: np.ndarray, skin_subset: np.ndarray) -> ModelData:
     return replace(data, parts=parts.astype(np.int64), skin_subset=skin_subset.astype(np.int64))
+
+
+def face_region(data: ModelData) -> np.ndarray:
+    """(V,) bool: the face surface (the model's "face" region where it names one, else every vertex)."""
+    region = np.zeros(data.n_vertices, dtype=bool)
+    region[slice(*data.meta.get("regions", {}).get("face", (0, data.n_vertices)))] = True
+    return region
+
+
+def with_landmarks(data: ModelData, landmarks68: np.ndarray) -> ModelData:
+    """The model with other landmark vertices, its jaw-contour lines drawn through them."""
+    landmarks68 = landmarks68.astype(np.int64)
+    return replace(data, landmarks68=landmarks68, contour=contour_candidates(data.mean, landmarks68, face_region(data)))
 
 
 class FaceModel(nn.Module):

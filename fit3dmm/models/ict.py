@@ -20,7 +20,7 @@ from ..errors import ModelError
 from ..files import read_json, read_npz, reason
 from .contour import contour_candidates
 from .eyes import lid_margins
-from .facemodel import ModelData
+from .facemodel import ModelData, with_landmarks
 
 N_VERTICES = 26719
 FACE = (0, 9409)
@@ -158,8 +158,8 @@ def _atlas_uv(uv: np.ndarray, face_uv: np.ndarray, triangles: np.ndarray, starts
 
 
 def shipped_parts(n_vertices: int) -> dict[str, np.ndarray] | None:
-    """The packaged annotation (parts, skin_subset, and where present mean_texture) if it matches this
-    vertex count."""
+    """The packaged annotation (parts, skin_subset, and where present mean_texture and the voted
+    landmarks68) if it matches this vertex count."""
     res = resources.files("fit3dmm.data") / PARTS_RESOURCE
     if not res.is_file():
         return None
@@ -169,6 +169,8 @@ def shipped_parts(n_vertices: int) -> dict[str, np.ndarray] | None:
         out = {"parts": z["parts"].astype(np.int64), "skin_subset": z["skin_subset"].astype(np.int64)}
         if "mean_texture" in z:
             out["mean_texture"] = z["mean_texture"].astype(np.float32) / 255.0
+        if "landmarks68" in z:
+            out["landmarks68"] = z["landmarks68"].astype(np.int64)
         return out
 
 
@@ -213,10 +215,13 @@ def import_ict(src: str | Path, name: str = "ict", with_parts: bool = True) -> M
     )
     if uv is not None:
         data.meta["uv_mirror"] = [0.0, 0.0, 1.0, UV_ATLAS["face"][3]]  # the face's UVs are left-right symmetric
-    if with_parts:
+    if with_parts:  # the lid margins above stay derived from ICT's own landmark vertices
         annotation = shipped_parts(len(neutral))
         if annotation is not None:
+            landmarks68 = annotation.pop("landmarks68", None)
             for key, value in annotation.items():
                 setattr(data, key, value)
+            if landmarks68 is not None:  # the voted ones, with the jaw's lines drawn through them
+                data = with_landmarks(data, landmarks68)
             data.meta["parts_source"] = "fit3dmm/data/" + PARTS_RESOURCE
     return data
