@@ -668,7 +668,7 @@ def show_cmd(model_name, out) -> None:
 @click.option("--limit", type=int, help="Vote and paint with at most this many photos (of the train split).")
 @click.option("--check", default=40, show_default=True, help="Validation-split photos to score the annotation on (0 = skip).")
 @click.option("--export", type=click.Path(path_type=Path),
-              help="Also write the annotation alone (parts, skin_subset, mean_texture) to this .npz.")
+              help="Also write the annotation alone (parts, skin_subset, landmarks68, mean_texture) to this .npz.")
 @click.option("--texture-only", is_flag=True,
               help="Keep MODEL's parts; only paint its mean texture again through fits with them.")
 @click.option("--landmarks-only", is_flag=True,
@@ -712,8 +712,9 @@ def annotate_cmd(model_name, images, masks, limit, check, export, texture_only, 
         moved = vote.landmarks68 != data.landmarks68
         data = with_landmarks(data, vote.landmarks68)
         _save_annotation(data, path, export)
-        console.print(f"voted the landmark vertices on {vote.photos_used} photos: {int(moved.sum())} of 68 moved; median distance to dlib's points "
-                      f"{np.nanmean(vote.before):.2%} -> {np.nanmean(vote.after):.2%} of the eye-corner distance")
+        console.print(f"voted the landmark vertices on {vote.photos_used} photos: {int(moved.sum())} of 68 moved; "
+                      f"median distance to dlib's points {np.nanmean(vote.before):.2%} -> "
+                      f"{np.nanmean(vote.after):.2%} of the eye-corner distance")
         console.print(f"saved the landmarks into {path}")
         return
     if texture_only:
@@ -768,10 +769,11 @@ def _save_annotation(data, path: Path, export: Path | None) -> None:
     try:
         save_model(data, path)
         if export:
-            write_atomic(export, lambda tmp: np.savez_compressed(
-                tmp, parts=data.parts.astype(np.int8), skin_subset=data.skin_subset.astype(np.int32),
-                mean_texture=(data.mean_texture * 255).round().astype(np.uint8),
-                landmarks68=data.landmarks68.astype(np.int32)))
+            arrays = {"parts": data.parts.astype(np.int8), "skin_subset": data.skin_subset.astype(np.int32),
+                      "landmarks68": data.landmarks68.astype(np.int32)}
+            if data.mean_texture is not None:  # a model annotated before the texture existed has none
+                arrays["mean_texture"] = (data.mean_texture * 255).round().astype(np.uint8)
+            write_atomic(export, lambda tmp: np.savez_compressed(tmp, **arrays))
     except OSError as e:
         _fail(error_text(e))
 
