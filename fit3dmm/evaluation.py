@@ -31,6 +31,7 @@ from .datasets import fix_left_right, image_mask_pairs, read_mask, read_pts, spl
 from .errors import Fit3dmmError, InputError
 from .files import read_image
 from .metrics import IOU_PARTS, landmark_nme, part_iou
+from .models.facemodel import face_triangles
 from .parser.inference import FaceParser
 from .outputs import fitted_labels, texture_render, write_png, write_text
 
@@ -108,18 +109,21 @@ SCORES = {"iou": "fit vs human", "target_iou": "target vs human", "fit_target_io
 
 
 #: ``--protocol``: "human" scores the fit's parts against the human masks; "paper" (3DDFA-V3, Sec. 5.2)
-#: renders the fit in the model's fixed mean texture over the photo, segments that render with the face
-#: parser and scores it against the parser's segmentation of the photo.
+#: renders the fit's face in the model's fixed mean texture over the photo, segments that render with the
+#: face parser and scores it against the parser's segmentation of the photo. The face, not the whole head:
+#: the paper's model (BFM's face region) has no scalp, ears or neck, and a head model's scalp painted over
+#: the photo's hair shows the parser a bald head (README, "Evaluation").
 PROTOCOLS = ("human", "paper")
 
 
 def paper_labels(output, parser) -> np.ndarray:
-    """The parser's segmentation of the fit rendered in the model's mean texture (the paper's protocol)."""
+    """The parser's segmentation of the fit's face (:func:`face_triangles`) rendered in the model's mean
+    texture over the photo (the paper's protocol)."""
     data = output.model.data
     texture = data.mean_texture if data.mean_texture is not None else data.albedo_mean
     if texture is None:
         raise InputError(f"model '{data.meta.get('name')}' has no mean texture, which --protocol paper renders with")
-    return parser.segment(texture_render(output, texture), output.observation.mesh)
+    return parser.segment(texture_render(output, texture, face_triangles(data)), output.observation.mesh)
 
 
 def score_fit(output, truth: np.ndarray, pts: Path | None, parser=None) -> tuple[dict, np.ndarray]:

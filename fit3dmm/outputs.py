@@ -119,11 +119,14 @@ def fitted_labels(output: FitOutput, tri: np.ndarray | None = None, bary: np.nda
     return fitted_parts(output, tri, bary)[0]
 
 
-def texture_render(output: FitOutput, texture: np.ndarray) -> np.ndarray:
+def texture_render(output: FitOutput, texture: np.ndarray, faces: np.ndarray | None = None) -> np.ndarray:
     """The photo with the fitted surface painted in a fixed per-vertex texture (V, 3) in [0, 1] (no
-    lighting: the texture is the model's, not the photo's), RGB uint8."""
+    lighting: the texture is the model's, not the photo's), RGB uint8; with ``faces`` ((F,) bool over the
+    model's triangles), only the pixels those triangles cover."""
     tri, bary, _ = render_photo(output)
     covered = tri >= 0
+    if faces is not None:
+        covered &= faces[np.maximum(tri, 0)]
     corners = output.model.triangles.cpu().numpy()[tri[covered]]
     out = output.observation.image.copy()
     out[covered] = (np.einsum("nk,nkc->nc", bary[covered], texture[corners]) * 255).clip(0, 255).round().astype(np.uint8)

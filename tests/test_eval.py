@@ -131,6 +131,29 @@ def test_paper_protocol_scores_the_parsed_mean_texture_render(data, tmp_path):
     assert refused.exit_code == 1 and "another configuration" in refused.output
 
 
+def test_paper_protocol_paints_the_face_and_leaves_scalp_ears_and_neck_to_the_photo(ict_model, shared_dir):
+    """The paper's model is a face region: the render paints the triangles touching an annotated vertex,
+    and the photo stays where only the head model's scalp, ears or neck would cover it."""
+    from fit3dmm.config import FitConfig
+    from fit3dmm.files import read_image
+    from fit3dmm.models.facemodel import face_triangles
+    from fit3dmm.outputs import render_photo, texture_render
+    from fit3dmm.pipeline import Pipeline
+
+    photo = shared_dir / "data" / "celebamask-hq" / "images" / f"{CELEBA[0]}.jpg"
+    out = Pipeline(FitConfig.create(iterations=10), ict_model).fit(read_image(photo))
+    texture, faces = ict_model.data.mean_texture, face_triangles(ict_model.data)
+    assert 0.5 < faces.mean() < 0.9
+    tri, _, _ = render_photo(out)
+    face = (tri >= 0) & faces[np.maximum(tri, 0)]
+    rest = (tri >= 0) & ~face
+    assert face.sum() > 20000 and rest.sum() > 2000  # the fit shows scalp or ears beside the face
+    head, painted = texture_render(out, texture), texture_render(out, texture, faces)
+    image = out.observation.image
+    assert np.array_equal(painted[~face], image[~face]) and np.array_equal(painted[face], head[face])
+    assert (head[rest] != image[rest]).any(-1).mean() > 0.9
+
+
 def test_paired_difference_and_its_bootstrap_interval(tmp_path):
     """Per-photo differences of the first run against another, on the photos both scored."""
     from fit3dmm.evaluation import paired_differences

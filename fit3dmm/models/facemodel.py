@@ -240,6 +240,12 @@ def face_region(data: ModelData) -> np.ndarray:
     return region
 
 
+def face_triangles(data: ModelData) -> np.ndarray:
+    """(F,) bool: the triangles touching an annotated vertex (every triangle for a model without parts).
+    Scalp, ears and neck take no part in any loss; the fit rasterizes these alone."""
+    return (data.parts[data.triangles] >= 0).any(1) if data.has_parts else np.ones(len(data.triangles), bool)
+
+
 def with_landmarks(data: ModelData, landmarks68: np.ndarray) -> ModelData:
     """The model with other landmark vertices, its jaw-contour lines drawn through them."""
     landmarks68 = landmarks68.astype(np.int64)
@@ -270,11 +276,9 @@ class FaceModel(nn.Module):
         self.register_buffer("contour", i64(data.contour))
         self.register_buffer("parts", i64(data.parts))
         self.register_buffer("skin_subset", i64(data.skin_subset))
-        # The fit renders only triangles touching an annotated vertex: scalp, ears and neck take no part in
-        # any loss, and leaving them out of the fit's rasterization halves its cost.
+        # Leaving scalp, ears and neck out of the fit's rasterization halves its cost.
         tris = data.triangles
-        fit_tris = tris[(data.parts[tris] >= 0).any(1)] if data.has_parts else tris
-        self.register_buffer("fit_triangles", i64(fit_tris))
+        self.register_buffer("fit_triangles", i64(tris[face_triangles(data)]))
         edges = np.sort(np.concatenate([tris[:, [0, 1]], tris[:, [1, 2]], tris[:, [2, 0]]]), axis=1)
         self.register_buffer("edges", i64(np.unique(edges, axis=0)))  # (E, 2) unique mesh edges
         self.has_albedo_basis = data.albedo_basis is not None
