@@ -322,7 +322,8 @@ def _eval_options(command):
                      help="Label ids of DATA's masks."),
         click.option("--protocol", type=click.Choice(["human", "paper"]), default="human", show_default=True,
                      help="human: the fit's parts against the human masks; paper (3DDFA-V3's): the parser's "
-                          "segmentation of the fit rendered in the mean texture against its segmentation of the photo."),
+                          "segmentation of the fit's face (no scalp, ears or neck, as the paper's face model) rendered in the "
+                          "mean texture against its segmentation of the photo."),
         click.option("--split", type=click.Choice(["all", "val", "train"]), default="all", show_default=True,
                      help="Keep one hash split of DATA (see README, 'Evaluation')."),
         click.option("--skip", default=0, show_default=True, help="Leave out the first N photos (after --split)."),
