@@ -232,7 +232,8 @@ class Fitter:
                 self._clamp(params)
             final = self.frame(params, raster=True, view=view)
             landmark = losses.get("landmark") or make_loss("landmark", self.model, batch)
-            lm = landmark.fitted_points(final)
+            # Reported in 300-W's convention whatever the targets': the jaw on the outline.
+            lm = landmark.fitted_points(final, torch.ones(len(targets), device=final.screen.device))
         values = {stage: {k: v.tolist() for k, v in terms.items()} for stage, terms in stage_losses.items()}
         return [
             FitResult(

@@ -390,6 +390,9 @@ def write_result(output: FitOutput, folder: str | os.PathLike, source: str, over
         landmarks = {
             "detected_68": output.observation.landmarks68.round(3).tolist(),
             "fitted_68": crop.to_photo(output.result.landmarks68.detach().cpu().numpy()).round(3).tolist(),
+            "fitted_68_vertices": crop.to_photo(
+                output.result.screen[output.model.landmarks68, :2].detach().cpu().numpy()).round(3).tolist(),
+            "detected_jaw_on_outline": round(output.observation.outline_weight, 3),
         }
         (tmp / "landmarks.json").write_text(json.dumps(landmarks))
         doc = {**params_document(output, source), "part_bands": bands, "exports": list(exports), "texture_size": texture_size}

@@ -17,7 +17,7 @@ from .losses import REGISTRY
 from .models import FaceModel, load_model, resolve_model
 from .parser.inference import FaceParser
 from .perception.detector import Detection, FaceDetector
-from .perception.ibug68 import Ibug68Refiner
+from .perception.ibug68 import JAW_WEIGHT, Ibug68Refiner
 from .perception.landmarks import FaceMeshPredictor, to_ibug68
 from .perception.segmentation import make_segmenter
 from .target import CropTransform, FitTarget, make_target
@@ -35,7 +35,8 @@ def resolve_device(name: str) -> torch.device:
 @dataclass
 class Observation:
     """What perception found in a photo, in photo pixels: the chosen face's detection, its 468-point
-    mesh, its 68 iBUG landmarks, and the part label map (H, W) in CelebAMask-HQ ids."""
+    mesh, its 68 iBUG landmarks, the part label map (H, W) in CelebAMask-HQ ids, and how far the 68 points'
+    jaw follows the face's outline (:attr:`fit3dmm.target.FitTarget.outline_weight`)."""
 
     image: np.ndarray
     detection: Detection
@@ -43,6 +44,7 @@ class Observation:
     mesh: np.ndarray
     landmarks68: np.ndarray
     labels: np.ndarray
+    outline_weight: float
 
 
 @dataclass
@@ -101,15 +103,21 @@ class Pipeline:
             raise NoFaceError(f"face {self.config.face_index} asked for, but only {len(faces)} found")
         detection = faces[self.config.face_index]
         mesh = self.mesh_predictor.predict(image, detection)
+        landmarks68, outline_weight = self.landmarks68(image, mesh)
         return Observation(
-            image=image, detection=detection, n_faces=len(faces), mesh=mesh,
-            landmarks68=self.landmarks68(image, mesh), labels=self.segmenter.segment(image, mesh),
+            image=image, detection=detection, n_faces=len(faces), mesh=mesh, landmarks68=landmarks68,
+            labels=self.segmenter.segment(image, mesh), outline_weight=outline_weight,
         )
 
-    def landmarks68(self, image: np.ndarray, mesh: np.ndarray) -> np.ndarray:
-        """The (68, 2) iBUG points of a face whose mesh (468, 3) was found in the photo."""
+    def landmarks68(self, image: np.ndarray, mesh: np.ndarray) -> tuple[np.ndarray, float]:
+        """The (68, 2) iBUG points of a face whose mesh (468, 3) was found in the photo, and how far their
+        jaw follows the outline: dlib's jaw does (300-W's convention), the mesh's stays on the face, so it is
+        dlib's share of the jaw (its trust)."""
         points = to_ibug68(mesh)
-        return points if self.refiner is None else self.refiner.refine(image, points)
+        if self.refiner is None:
+            return points, 0.0
+        points = self.refiner.refine(image, points)
+        return points, self.refiner.trust * JAW_WEIGHT
 
     def crop(self, landmarks68: np.ndarray) -> CropTransform:
         """The fitting crop around a face's 68 landmarks (photo pixels)."""
@@ -121,7 +129,7 @@ class Pipeline:
         lo, hi = mesh[:, :2].min(0), mesh[:, :2].max(0)
         detection = Detection((*map(float, lo), *map(float, hi)), 1.0, np.zeros((6, 2), np.float32))
         return Observation(image=image, detection=detection, n_faces=1, mesh=mesh, landmarks68=to_ibug68(mesh),
-                           labels=self.segmenter.segment(image, mesh))
+                           labels=self.segmenter.segment(image, mesh), outline_weight=0.0)
 
     def prepare(self, image: np.ndarray, observation: Observation | None = None,
                 camera: VideoCamera | None = None) -> Prepared:
@@ -132,7 +140,7 @@ class Pipeline:
         t1 = time.perf_counter()
         crop = self.crop(obs.landmarks68)
         view = None if camera is None else camera.in_crop(crop.scale, crop.offset)
-        target = make_target(image, obs.labels, obs.landmarks68, crop, self.device, view)
+        target = make_target(image, obs.labels, obs.landmarks68, crop, self.device, view, obs.outline_weight)
         return Prepared(obs, target, {"perception": t1 - t0, "target": time.perf_counter() - t1})
 
     def fit_prepared(

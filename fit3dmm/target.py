@@ -66,7 +66,10 @@ class FitTarget:
     glasses or a hat hide the face; face_mask (S, S) bool, the face pixels the photometric loss compares;
     brow_line: (a, b, c) with a·x + b·y + c > 0 above the brows (forehead side), or None; view: the crop's
     own pinhole (focal, cx, cy) in crop pixels when the photo's camera is known (a video's frames, see
-    :class:`fit3dmm.camera.VideoCamera`), None for the fit's default crop camera.
+    :class:`fit3dmm.camera.VideoCamera`), None for the fit's default crop camera; outline_weight in [0, 1]:
+    how far the jaw of ``landmarks68`` follows the face's outline, 1 where it is on the silhouette as in
+    300-W's convention (dlib's points), 0 where it stays on the face whatever the pose (the face mesh's,
+    as AFLW2000-3D's), so the fit's jaw landmarks march to the outline by as much (losses/landmark.py).
     """
 
     image: Tensor
@@ -78,6 +81,7 @@ class FitTarget:
     brow_line: tuple[float, float, float] | None
     crop: CropTransform
     view: tuple[float, float, float] | None = None
+    outline_weight: float = 1.0
 
     @property
     def size(self) -> int:
@@ -90,7 +94,7 @@ class TargetBatch:
 
     image (B, S, S, 3); landmarks68 (B, 68, 2); part_masks: part name -> (B, S, S) bool; occluded and
     face_mask (B, S, S) bool; brow_line (B, 3) float, (a, b, c) per photo, (0, 0, -1) without a line (no
-    point is above it); targets: the B :class:`FitTarget`.
+    point is above it); outline_weight (B,) float; targets: the B :class:`FitTarget`.
     """
 
     image: Tensor
@@ -99,6 +103,7 @@ class TargetBatch:
     occluded: Tensor
     face_mask: Tensor
     brow_line: Tensor
+    outline_weight: Tensor
     targets: list[FitTarget]
 
     @classmethod
@@ -115,6 +120,7 @@ class TargetBatch:
             occluded=stack(lambda t: t.occluded),
             face_mask=stack(lambda t: t.face_mask),
             brow_line=torch.tensor(lines, dtype=torch.float32, device=device),
+            outline_weight=torch.tensor([t.outline_weight for t in targets], dtype=torch.float32, device=device),
             targets=list(targets),
         )
 
@@ -241,10 +247,11 @@ def above_line(line: tuple[float, float, float] | None, shape: tuple[int, int]) 
 
 def make_target(
     image: np.ndarray, labels: np.ndarray, landmarks68: np.ndarray, crop: CropTransform, device: torch.device,
-    view: tuple[float, float, float] | None = None,
+    view: tuple[float, float, float] | None = None, outline_weight: float = 1.0,
 ) -> FitTarget:
     """Build the fit target from a photo (H, W, 3) uint8 RGB, its label map (H, W) uint8 in CelebAMask-HQ
-    ids, and its 68 landmarks (68, 2) in photo pixels; ``view`` as :attr:`FitTarget.view`."""
+    ids, and its 68 landmarks (68, 2) in photo pixels; ``view`` and ``outline_weight`` as
+    :class:`FitTarget`'s."""
     lmk = crop.to_crop(landmarks68)
     crop_labels, brow_line = preprocess_labels(crop.warp(labels, nearest=True), lmk)
     face = np.isin(crop_labels, PART_CELEBA_IDS)  # the photometric loss keeps the forehead
@@ -262,4 +269,5 @@ def make_target(
         brow_line=brow_line,
         crop=crop,
         view=view,
+        outline_weight=float(outline_weight),
     )

@@ -60,6 +60,9 @@ def test_output_files_follow_their_formats(batch, shared_dir):
     assert cv2.imread(str(folder / "parts.png")).shape[1] == 2 * cv2.imread(str(folder / "parts.png")).shape[0]
     lm = json.loads((folder / "landmarks.json").read_text())
     assert np.array(lm["detected_68"]).shape == np.array(lm["fitted_68"]).shape == (68, 2)
+    # The same fit's landmark vertices: only the jaw, marched onto the outline in fitted_68, may differ.
+    np.testing.assert_allclose(np.array(lm["fitted_68_vertices"])[17:], np.array(lm["fitted_68"])[17:], atol=2e-3)
+    assert lm["detected_jaw_on_outline"] == 1.0  # lenna is frontal: dlib's points, trusted
     assert len(params["coefficients"]["id"]) == 100 and len(params["coefficients"]["exp"]) == 53
     assert params["config"]["loss"] == "prdl" and params["versions"]["torch"]
     assert set(params["stage_losses"]) == {"rigid", "shape", "full"}

@@ -35,7 +35,7 @@ def test_jaw_landmarks_march_to_the_silhouette(fitter, ict_model, yaw):
     """On a head turned by ~35 degrees, the marched jaw landmarks of the side turning away lie on the
     silhouette (surface normal perpendicular to the viewing ray), where the frontal vertices mostly do not."""
     frame = fitter.frame(_params(ict_model, yaw=yaw), raster=True)
-    target = type("T", (), {"landmarks68": torch.zeros(1, 68, 2)})()
+    target = type("T", (), {"landmarks68": torch.zeros(1, 68, 2), "outline_weight": torch.ones(1)})()
     loss = make_loss("landmark", ict_model, target)
     marched = loss.fitted_points(frame)[0, :17]
     marching = [i for i in range(17) if (ict_model.contour[i] >= 0).sum() > 1]
@@ -53,3 +53,17 @@ def test_jaw_landmarks_march_to_the_silhouette(fitter, ict_model, yaw):
     assert sum(f > 0.4 for f in frontal) >= len(away) - 1, frontal
     for i in near:  # on the side facing the camera the marched point stays visible (not behind the ear)
         assert frame.visible[0, int((screen - marched[i]).norm(dim=1).argmin())]
+
+
+def test_jaw_landmarks_march_as_far_as_the_target_jaw_follows_the_outline(fitter, ict_model):
+    """A target whose jaw is the face mesh's (outline weight 0) keeps the fit's jaw on its own vertices; dlib's
+    (1) marches it onto the outline; a blend of the two lands in proportion. The other points never move."""
+    frame = fitter.frame({k: v.expand(3, *v.shape[1:]) for k, v in _params(ict_model, yaw=0.6).items()}, raster=True)
+    target = type("T", (), {"landmarks68": torch.zeros(3, 68, 2), "outline_weight": torch.tensor([0.0, 0.5, 1.0])})()
+    points = make_loss("landmark", ict_model, target).fitted_points(frame)
+    own = frame.screen[0, ict_model.landmarks68, :2]
+    torch.testing.assert_close(points[0], own)
+    marched = points[2, :17]
+    assert (marched - own[:17]).norm(dim=1).max() > 3  # pixels: on a 35-degree turn the outline is elsewhere
+    torch.testing.assert_close(points[1, :17], (own[:17] + marched) / 2)
+    torch.testing.assert_close(points[:, 17:], own[None, 17:].expand(3, -1, -1))

@@ -39,7 +39,10 @@ class LandmarkLoss(Loss):
     Jaw landmarks follow the silhouette: among each one's contour candidates the fit takes the one lying
     farthest along the landmark's outward direction (from the face centre, in the model's front plane,
     rotated into the image), which on a turned head is the outline rather than a hidden vertex. When the
-    frame has visibility, only visible candidates count.
+    frame has visibility, only visible candidates count. They march as far as the target's jaw follows the
+    outline (:attr:`fit3dmm.target.FitTarget.outline_weight`): a jaw point aimed at the face mesh's point,
+    which stays on the face, stays at its own vertex: on a turned head the silhouette lies outside such a
+    point, and pulling the one onto the other pulled the fitted jaw inwards (README, "Comparing losses").
     """
 
     name = "landmark"
@@ -51,14 +54,16 @@ class LandmarkLoss(Loss):
         self.candidates = cand.clamp(min=0)
         self.outward = outward_directions(model.mean, model.landmarks68, model.landmarks68[:17])  # model frame
 
-    def fitted_points(self, frame: Frame) -> Tensor:
-        """(B, 68, 2) fitted landmark positions in crop pixels, jaw marched."""
+    def fitted_points(self, frame: Frame, outline: Tensor | None = None) -> Tensor:
+        """(B, 68, 2) fitted landmark positions in crop pixels, the jaw marched by ``outline`` (B,) in [0, 1]
+        (default: the target's outline weight): 1 onto the outline, 0 not at all, between in proportion."""
         xy = frame.screen[..., :2]
         lm = gather_vertices(xy, self.model.landmarks68)
         with torch.no_grad():
             pick = march_contour(xy, self.candidates, self.valid, self.outward, frame.rotation, frame.visible)
-        jaw = xy.gather(1, pick[..., None].expand(-1, -1, 2))
-        return torch.cat([jaw, lm[:, 17:]], dim=1)
+        marched = xy.gather(1, pick[..., None].expand(-1, -1, 2))
+        w = (self.target.outline_weight if outline is None else outline)[:, None, None]
+        return torch.cat([w * marched + (1 - w) * lm[:, :17], lm[:, 17:]], dim=1)
 
     def __call__(self, frame: Frame) -> Tensor:
         return ((self.fitted_points(frame) - self.target.landmarks68) ** 2).sum(-1).mean(-1)
