@@ -7,8 +7,11 @@ pixels of the fitting crop with pixel centres at integers (x = column, y = row).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import cv2
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -26,6 +29,36 @@ def rotation_matrix(angles: Tensor) -> Tensor:
     ry = torch.stack([cy, zero, sy, zero, one, zero, -sy, zero, cy], -1).reshape(shape)
     rz = torch.stack([cz, -sz, zero, sz, cz, zero, zero, zero, one], -1).reshape(shape)
     return rz @ ry @ rx
+
+
+def angles_of(rotation: np.ndarray) -> tuple[float, float, float]:
+    """The (pitch, yaw, roll) of :func:`rotation_matrix` that give a rotation (3, 3) (yaw within ±90°)."""
+    yaw = math.asin(float(np.clip(-rotation[2, 0], -1.0, 1.0)))
+    return math.atan2(rotation[2, 1], rotation[2, 2]), yaw, math.atan2(rotation[1, 0], rotation[0, 0])
+
+
+def solve_pose(
+    model_points: np.ndarray, image_points: np.ndarray, focal: float, cx: float, cy: float, translation: np.ndarray,
+) -> tuple[tuple[float, float, float], np.ndarray]:
+    """The pose (pitch, yaw, roll) and translation (3,) that place ``model_points`` (N, 3, model frame) on
+    ``image_points`` (N, 2) through the pinhole: OpenCV's iterative PnP started from zero rotation at
+    ``translation``, or that start itself where PnP does not bring the points closer or turns the face
+    away (upside down or behind the camera)."""
+    obj = model_points.astype(np.float64) * np.asarray(MODEL_TO_CAMERA)
+    img = image_points.astype(np.float64)
+    k = np.array([[focal, 0.0, cx], [0.0, focal, cy], [0.0, 0.0, 1.0]])
+    start = np.asarray(translation, np.float64).reshape(3, 1)
+    rvec, tvec = np.zeros((3, 1)), start.copy()
+
+    def error(r: np.ndarray, t: np.ndarray) -> float:
+        return float(((cv2.projectPoints(obj, r, t, k, None)[0][:, 0] - img) ** 2).sum(1).mean())
+
+    ok = cv2.solvePnP(obj, img, k, None, rvec, tvec, useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE)[0]
+    pose = angles_of(cv2.Rodrigues(rvec)[0])
+    upright = abs(pose[0]) < math.pi / 2 and abs(pose[2]) < math.pi / 2
+    if not ok or tvec[2, 0] <= 0 or not upright or error(rvec, tvec) >= error(np.zeros((3, 1)), start):
+        return (0.0, 0.0, 0.0), start[:, 0]
+    return pose, tvec[:, 0]
 
 
 def pinhole(cam_points: Tensor, focal, center) -> Tensor:

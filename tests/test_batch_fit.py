@@ -34,6 +34,10 @@ from fit3dmm.pipeline import Pipeline
 #: mixed-up batch still breaks by far (last check).
 VERTEX_TOL_CM = 0.1
 LANDMARK_TOL_PX = 1.0
+#: A marched jaw point is a choice among its contour line's candidates, so a near tie can flip to the next
+#: one: with the rigid stage started at the landmarks' pose a dcd fit's jaw point 0 moved 1.13 px this way
+#: while its vertices stayed within 0.011 cm and its other points within 0.23 px.
+JAW_TOL_PX = 2.5
 PARAM_TOL = {"angles": 0.01, "translation": 0.03, "id": 0.2, "exp": 0.05, "gamma": 0.03}
 DEPTH_TOL_CM = 0.1
 MAX_VISIBILITY_FLIPS = 150
@@ -68,7 +72,8 @@ def test_a_batch_fits_each_photo_as_alone(prepared, loss, iterations):
                 assert abs(float(b.result.params[name][2] - value[2])) < DEPTH_TOL_CM
             else:
                 torch.testing.assert_close(b.result.params[name], value, atol=PARAM_TOL[name], rtol=0)
-        assert (a.result.landmarks68 - b.result.landmarks68).norm(dim=-1).max() < LANDMARK_TOL_PX
+        moved = (a.result.landmarks68 - b.result.landmarks68).norm(dim=-1)
+        assert moved[17:].max() < LANDMARK_TOL_PX and moved[:17].max() < JAW_TOL_PX
         assert (a.result.visible != b.result.visible).sum() < MAX_VISIBILITY_FLIPS
         for stage, values in a.result.stage_losses.items():
             assert b.result.stage_losses[stage] == pytest.approx(values, rel=0.05, abs=1e-3)

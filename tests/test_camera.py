@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from fit3dmm.camera import Camera, rotation_matrix
+from fit3dmm.camera import Camera, angles_of, rotation_matrix, solve_pose
 from fit3dmm.target import CropTransform
 
 
@@ -35,6 +35,28 @@ def test_batched_pose_and_projection_equal_one_by_one():
     for b in range(4):
         one = cam.project(cam.to_camera(verts[b], angles[b], translation[b]))
         assert torch.allclose(batched[b], one, atol=1e-5)
+
+
+def test_angles_of_inverts_rotation_matrix():
+    for angles in ([0.3, -0.5, 0.2], [-0.2, 1.3, -0.4], [0.0, -1.5, 0.0]):
+        r = rotation_matrix(torch.tensor(angles, dtype=torch.float64)).numpy()
+        assert angles_of(r) == pytest.approx(angles, abs=1e-9)
+
+
+def test_solve_pose_recovers_a_profile_from_a_frontal_start():
+    """Points of a face-sized blob seen at 63° yaw: PnP finds the pose from a frontal start (the rigid stage
+    took 200 steps to reach a real profile's), and leaves a frontal face frontal."""
+    g = torch.Generator().manual_seed(5)
+    cam = Camera.for_crop(224, 4.53)
+    points = torch.randn(51, 3, generator=g, dtype=torch.float64) * torch.tensor([4.0, 5.0, 2.0], dtype=torch.float64)
+    angles, translation = torch.tensor([0.15, 1.1, -0.2], dtype=torch.float64), torch.tensor([1.0, -2.0, 120.0], dtype=torch.float64)
+    pixels = cam.project(cam.to_camera(points, angles, translation))[:, :2].numpy()
+    start = np.array([0.0, 0.0, 80.0])
+    pose, t = solve_pose(points.numpy(), pixels, cam.focal, cam.center, cam.center, start)
+    assert pose == pytest.approx(angles.tolist(), abs=1e-4) and t == pytest.approx(translation.tolist(), abs=1e-3)
+    frontal = cam.project(cam.to_camera(points, torch.zeros(3, dtype=torch.float64), torch.from_numpy(start)))[:, :2]
+    pose, t = solve_pose(points.numpy(), frontal.numpy(), cam.focal, cam.center, cam.center, start)
+    assert pose == pytest.approx((0.0, 0.0, 0.0), abs=1e-6) and t == pytest.approx(start, abs=1e-4)
 
 
 def test_crop_transform_round_trip_and_warp():

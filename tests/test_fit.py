@@ -49,6 +49,18 @@ def test_the_target_jaw_follows_the_outline_as_far_as_it_is_dlibs(pipeline, shar
         assert prepared.observation.outline_weight == prepared.target.outline_weight == weight, name
 
 
+def test_the_fit_starts_from_the_pose_of_the_landmarks(pipeline, shared_dir):
+    """The rigid stage starts at the mean face's pose on the inner landmarks, not frontal. Measured (pitch, yaw,
+    roll): breakingbad -12°, 38°, -24° (fitted -6°, 37°, -23°); einstein -12°, -14°, 17° (fitted -13°, -16°, 18°)."""
+    from fit3dmm.target import TargetBatch
+
+    folder = shared_dir / "data" / "landmarks-68"
+    start = {name: np.degrees(pipeline.fitter.init_params(TargetBatch.stack(
+        [pipeline.prepare(read_image(folder / name)).target]))["angles"][0].numpy()) for name in ("breakingbad.jpg", "einstein.jpg")}
+    assert abs(start["breakingbad.jpg"][1]) > 30, start
+    assert abs(start["einstein.jpg"][2]) > 10 and abs(start["einstein.jpg"][1]) < 25, start
+
+
 def test_an_unknown_landmark_source_is_a_clear_error(ict_model):
     with pytest.raises(InputError, match="unknown landmark source 'eos'; known: dlib, mesh"):
         Pipeline(FitConfig(landmarks="eos"), ict_model)
