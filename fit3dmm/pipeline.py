@@ -17,7 +17,7 @@ from .losses import REGISTRY
 from .models import FaceModel, load_model, resolve_model
 from .parser.inference import FaceParser
 from .perception.detector import Detection, FaceDetector
-from .perception.ibug68 import JAW_WEIGHT, Ibug68Refiner
+from .perception.ibug68 import Ibug68Refiner
 from .perception.landmarks import FaceMeshPredictor, to_ibug68
 from .perception.segmentation import make_segmenter
 from .target import CropTransform, FitTarget, make_target
@@ -112,12 +112,12 @@ class Pipeline:
     def landmarks68(self, image: np.ndarray, mesh: np.ndarray) -> tuple[np.ndarray, float]:
         """The (68, 2) iBUG points of a face whose mesh (468, 3) was found in the photo, and how far their
         jaw follows the outline: dlib's jaw does (300-W's convention), the mesh's stays on the face, so it is
-        dlib's share of the jaw (its trust)."""
+        dlib's share of the jaw."""
         points = to_ibug68(mesh)
         if self.refiner is None:
             return points, 0.0
         points = self.refiner.refine(image, points)
-        return points, self.refiner.trust * JAW_WEIGHT
+        return points, self.refiner.jaw_share
 
     def crop(self, landmarks68: np.ndarray) -> CropTransform:
         """The fitting crop around a face's 68 landmarks (photo pixels)."""

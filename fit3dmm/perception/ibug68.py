@@ -90,6 +90,12 @@ class Ibug68Refiner:
         q = np.array([[shape.part(i).x, shape.part(i).y] for i in range(68)], np.float64)
         return q @ linear.T + t
 
+    @property
+    def jaw_share(self) -> float:
+        """The weight dlib's jaw points got in the last refined face (its jaw lies on the outline, the mesh's
+        on the face)."""
+        return JAW_WEIGHT * self.trust
+
     def refine(self, image: np.ndarray, points: np.ndarray) -> np.ndarray:
         points = np.asarray(points, np.float64)
         dlib_points = self.predict(image, points)
@@ -97,5 +103,5 @@ class Ibug68Refiner:
         disagreement = float(np.linalg.norm(dlib_points - points, axis=1).mean()) / max(scale, 1e-6)
         self.trust = float(np.clip((_DISTRUST_FROM - disagreement) / (_DISTRUST_FROM - _TRUST_UNTIL), 0.0, 1.0))
         weight = np.full((68, 1), INNER_WEIGHT * self.trust)
-        weight[:17] = JAW_WEIGHT * self.trust
+        weight[:17] = self.jaw_share
         return (weight * dlib_points + (1 - weight) * points).astype(np.float32)
