@@ -35,8 +35,9 @@ def resolve_device(name: str) -> torch.device:
 @dataclass
 class Observation:
     """What perception found in a photo, in photo pixels: the chosen face's detection, its 468-point
-    mesh, its 68 iBUG landmarks, the part label map (H, W) in CelebAMask-HQ ids, and how far the 68 points'
-    jaw follows the face's outline (:attr:`fit3dmm.target.FitTarget.outline_weight`)."""
+    mesh, its 68 iBUG landmarks, the part label map (H, W) in CelebAMask-HQ ids, how far the 68 points'
+    jaw follows the face's outline (:attr:`fit3dmm.target.FitTarget.outline_weight`), and the pixels the
+    segmenter labelled ((H, W) bool, None for all; :meth:`Segmenter.seen`)."""
 
     image: np.ndarray
     detection: Detection
@@ -45,6 +46,7 @@ class Observation:
     landmarks68: np.ndarray
     labels: np.ndarray
     outline_weight: float
+    seen: np.ndarray | None = None
 
 
 @dataclass
@@ -107,6 +109,7 @@ class Pipeline:
         return Observation(
             image=image, detection=detection, n_faces=len(faces), mesh=mesh, landmarks68=landmarks68,
             labels=self.segmenter.segment(image, mesh), outline_weight=outline_weight,
+            seen=self.segmenter.seen(image.shape[:2], mesh),
         )
 
     def landmarks68(self, image: np.ndarray, mesh: np.ndarray) -> tuple[np.ndarray, float]:
@@ -129,7 +132,8 @@ class Pipeline:
         lo, hi = mesh[:, :2].min(0), mesh[:, :2].max(0)
         detection = Detection((*map(float, lo), *map(float, hi)), 1.0, np.zeros((6, 2), np.float32))
         return Observation(image=image, detection=detection, n_faces=1, mesh=mesh, landmarks68=to_ibug68(mesh),
-                           labels=self.segmenter.segment(image, mesh), outline_weight=0.0)
+                           labels=self.segmenter.segment(image, mesh), outline_weight=0.0,
+                           seen=self.segmenter.seen(image.shape[:2], mesh))
 
     def prepare(self, image: np.ndarray, observation: Observation | None = None,
                 camera: VideoCamera | None = None) -> Prepared:
@@ -140,7 +144,8 @@ class Pipeline:
         t1 = time.perf_counter()
         crop = self.crop(obs.landmarks68)
         view = None if camera is None else camera.in_crop(crop.scale, crop.offset)
-        target = make_target(image, obs.labels, obs.landmarks68, crop, self.device, view, obs.outline_weight)
+        target = make_target(image, obs.labels, obs.landmarks68, crop, self.device, view, obs.outline_weight,
+                             obs.seen)
         return Prepared(obs, target, {"perception": t1 - t0, "target": time.perf_counter() - t1})
 
     def fit_prepared(

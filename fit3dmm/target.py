@@ -63,7 +63,8 @@ class FitTarget:
     image (S, S, 3) float in [0, 1]; landmarks68 (68, 2); labels (S, S) uint8 numpy, the CelebAMask-HQ
     label map after the paper's preprocessing (:func:`preprocess_labels`, forehead skin cut; shown in
     parts.png); part_masks: part name -> (S, S) bool, one per part of that map; occluded (S, S) bool where hair,
-    glasses or a hat hide the face; face_mask (S, S) bool, the face pixels the photometric loss compares;
+    glasses or a hat hide the face, or where the segmenter did not look (beyond its crop or the photo);
+    face_mask (S, S) bool, the face pixels the photometric loss compares;
     brow_line: (a, b, c) with a·x + b·y + c > 0 above the brows (forehead side), or None; view: the crop's
     own pinhole (focal, cx, cy) in crop pixels when the photo's camera is known (a video's frames, see
     :class:`fit3dmm.camera.VideoCamera`), None for the fit's default crop camera; outline_weight in [0, 1]:
@@ -247,16 +248,20 @@ def above_line(line: tuple[float, float, float] | None, shape: tuple[int, int]) 
 
 def make_target(
     image: np.ndarray, labels: np.ndarray, landmarks68: np.ndarray, crop: CropTransform, device: torch.device,
-    view: tuple[float, float, float] | None = None, outline_weight: float = 1.0,
+    view: tuple[float, float, float] | None = None, outline_weight: float = 1.0, seen: np.ndarray | None = None,
 ) -> FitTarget:
     """Build the fit target from a photo (H, W, 3) uint8 RGB, its label map (H, W) uint8 in CelebAMask-HQ
     ids, and its 68 landmarks (68, 2) in photo pixels; ``view`` and ``outline_weight`` as
-    :class:`FitTarget`'s."""
+    :class:`FitTarget`'s; ``seen`` (H, W) bool the pixels the label map decides (None: the whole photo)."""
     lmk = crop.to_crop(landmarks68)
     crop_labels, brow_line = preprocess_labels(crop.warp(labels, nearest=True), lmk)
     face = np.isin(crop_labels, PART_CELEBA_IDS)  # the photometric loss keeps the forehead
     forehead = above_line(brow_line, crop_labels.shape) & (crop_labels == 1)
     crop_labels[forehead] = 0
+    # Model points where the segmenter did not look are dropped like those under hair: there the map's 0 is
+    # not background, and a profile's cheek beyond the parser's crop was pulled onto the crop's edge
+    # (README, "PRDL's target preprocessing").
+    looked = crop.warp(np.ones(labels.shape, np.uint8) if seen is None else seen.astype(np.uint8), nearest=True) > 0
     masks = {name: torch.from_numpy(crop_labels == label).to(device) for name, label in zip(PART_NAMES, PART_CELEBA_IDS)}
     to = lambda a, dt=None: torch.as_tensor(a, dtype=dt, device=device)  # noqa: E731
     return FitTarget(
@@ -264,7 +269,7 @@ def make_target(
         landmarks68=to(lmk, torch.float32),
         labels=crop_labels,
         part_masks=masks,
-        occluded=to(np.isin(crop_labels, OCCLUDER_IDS)),
+        occluded=to(np.isin(crop_labels, OCCLUDER_IDS) | ~looked),
         face_mask=to(face),
         brow_line=brow_line,
         crop=crop,

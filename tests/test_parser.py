@@ -58,6 +58,20 @@ def test_shipped_parser_on_a_real_photo(val_face):
     assert parser_iou > polygon_iou + 0.05
 
 
+def test_parser_says_which_pixels_it_looked_at(val_face):
+    """The parser labels only its aligned crop: every labelled pixel and every face-mesh point lies in what
+    it says it saw, and that is not the whole photo."""
+    image, _, mesh = val_face
+    parser = FaceParser.load()
+    labels, seen = parser.segment(image, mesh), parser.seen(image.shape[:2], mesh)
+    assert seen.shape == labels.shape and seen.dtype == bool
+    assert labels[seen].any() and not labels[~seen].any()
+    xy = np.round(mesh[:, :2]).astype(int)
+    assert seen[xy[:, 1], xy[:, 0]].all()
+    assert 0.3 < seen.mean() < 0.9
+    assert LandmarkPolygonSegmenter().seen(image.shape[:2], mesh) is None
+
+
 def test_alignment_round_trip_preserves_labels(val_face):
     """Photo -> aligned crop (at twice the photo's resolution) -> photo keeps every label inside the crop."""
     image, truth, mesh = val_face

@@ -156,6 +156,22 @@ def test_target_preprocessing_cuts_forehead_ears_and_stray_blobs():
     assert target.face_mask[20, 50]  # the photometric loss still sees the forehead
 
 
+def test_pixels_the_segmenter_did_not_look_at_are_unknown():
+    """All skin in a photo whose segmenter looked at its 60 left columns only, in a crop shifted 10 pixels
+    right: the crop's pixels beyond the photo and beyond the segmenter's view are unknown (marked occluded,
+    so PRDL drops the model points there), while the labels themselves are untouched."""
+    labels = np.ones((100, 100), np.uint8)
+    seen = np.zeros((100, 100), bool)
+    seen[:, :60] = True
+    crop = CropTransform(1.0, (10.0, 0.0), 100)
+    args = (np.zeros((100, 100, 3), np.uint8), labels, np.full((68, 2), 50.0), crop, torch.device("cpu"))
+    partial, whole = make_target(*args, seen=seen), make_target(*args)
+    occluded = partial.occluded.numpy()
+    assert occluded[:, :10].all() and not occluded[:, 10:70].any() and occluded[:, 70:].all()
+    assert whole.occluded[:, :10].all() and not whole.occluded[:, 10:].any()  # None: the whole photo was seen
+    assert torch.equal(partial.part_masks["skin"], whole.part_masks["skin"])
+
+
 class _UnevenGrid:
     """Stands in for a FaceModel: one part (the nose) meshed as a grid squeezed towards its left side."""
 

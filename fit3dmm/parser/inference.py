@@ -139,6 +139,13 @@ class FaceParser:
         """image (H, W, 3) uint8 RGB, mesh (468, 2|3) photo pixels -> (H, W) uint8 CelebAMask-HQ ids."""
         return self.segment_faces(image, [mesh])
 
+    def seen(self, shape: tuple[int, int], mesh: np.ndarray) -> np.ndarray:
+        """(H, W) bool: the photo pixels of the face's aligned crop, the only ones :meth:`segment` labels (its
+        zoomed views lie inside it). On a strong turn the crop, sized by the eye-to-mouth distance, ends
+        before the ear: the face beyond it is unknown, not background."""
+        crop = AlignedCrop.from_mesh(mesh, self.size)
+        return crop.unwarp(np.ones((self.size, self.size), np.uint8), shape).astype(bool)
+
     def segment_faces(self, image: np.ndarray, meshes: list[np.ndarray]) -> np.ndarray:
         """One label map for several faces of a photo; where crops overlap, larger faces win."""
         crops = [AlignedCrop.from_mesh(m, self.size) for m in meshes]

@@ -21,6 +21,11 @@ class Segmenter(Protocol):
         """image (H, W, 3) uint8 RGB, mesh (468, 2|3) photo pixels -> (H, W) uint8 CelebAMask-HQ ids."""
         ...
 
+    def seen(self, shape: tuple[int, int], mesh: np.ndarray) -> np.ndarray | None:
+        """(H, W) bool: the photo pixels whose labels :meth:`segment` decides (elsewhere it answers 0 without
+        having looked), or None for all of them."""
+        ...
+
 
 class LandmarkPolygonSegmenter:
     """Parts drawn as polygons through the face-mesh points: no learned appearance, so about 65% part IoU
@@ -30,6 +35,9 @@ class LandmarkPolygonSegmenter:
 
     def segment(self, image: np.ndarray, mesh: np.ndarray) -> np.ndarray:
         return draw_polygons(mesh, image.shape[:2])
+
+    def seen(self, shape: tuple[int, int], mesh: np.ndarray) -> None:
+        return None
 
 
 def _learned(device):
