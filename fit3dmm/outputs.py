@@ -154,13 +154,17 @@ def colourize(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def parts_panel(output: FitOutput, fitted: np.ndarray, panel: int = 512) -> np.ndarray:
     """PRDL's target after preprocessing (left: parts, occluders, the brow line above which the forehead
-    is cut; ears and stray blobs removed) and the fitted parts (right), on the face crop."""
+    is cut; ears and stray blobs removed; dimmed where the segmenter did not look) and the fitted parts
+    (right), on the face crop."""
     crop = output.target.crop
     scale = panel / crop.size
     view = CropTransform(crop.scale * scale, (crop.offset[0] * scale, crop.offset[1] * scale), panel)
     image = view.warp(output.observation.image)
     target = cv2.resize(output.target.labels, (panel, panel), interpolation=cv2.INTER_NEAREST)
     left = colourize(image, target)
+    if output.observation.seen is not None:
+        unseen = view.warp(output.observation.seen.astype(np.uint8), nearest=True) == 0
+        left[unseen] = left[unseen] // 3
     right = colourize(image, view.warp(fitted, nearest=True))
     if output.target.brow_line is not None:
         a, b, c = output.target.brow_line

@@ -11,7 +11,7 @@ from fit3dmm.files import read_image
 from fit3dmm.metrics import IOU_PARTS, landmark_nme, part_iou
 from fit3dmm.outputs import fitted_labels
 from fit3dmm.pipeline import Pipeline
-from fit3dmm.target import MIN_LIP_COVERAGE, lip_coverage, lip_ring, make_target
+from fit3dmm.target import MIN_LIP_COVERAGE, OCCLUDER_IDS, lip_coverage, lip_ring, make_target
 
 #: Photos with hand-placed landmarks. breakingbad (strong head turn) and einstein (an 84-pixel face)
 #: are left to the benchmark to keep the suite short.
@@ -105,6 +105,23 @@ def test_lips_the_landmarks_do_not_confirm_leave_the_target(pipeline, shared_dir
     dropped = make_target(image, lost, obs.landmarks68, crop, torch.device("cpu"))
     assert not dropped.part_masks["up_lip"].any() and not dropped.part_masks["down_lip"].any()
     assert torch.equal(dropped.part_masks["nose"], kept.part_masks["nose"])
+
+
+def test_a_strong_turn_shows_face_the_parser_did_not_look_at(pipeline, shared_dir):
+    """The parser labels its aligned crop alone; on breakingbad's strong turn that crop ends before the far
+    cheek, so some 200 visible fitted vertices fall where the target is unknown (not background) and PRDL
+    drops them. On lenna's frontal face every face-mesh point lies in the crop."""
+    folder = shared_dir / "data" / "landmarks-68"
+    out = pipeline.fit(read_image(folder / "breakingbad.jpg"))
+    target = out.target
+    unknown = target.occluded.numpy() & ~np.isin(target.labels, OCCLUDER_IDS)
+    assert not target.labels[unknown].any()
+    xy = np.round(out.result.screen[:, :2].numpy()).astype(int)
+    inside = ((xy >= 0) & (xy < target.size)).all(1) & out.result.visible.numpy()
+    assert unknown[xy[inside, 1], xy[inside, 0]].sum() > 50
+    lenna = pipeline.observe(read_image(folder / "lenna.png"))
+    mesh = np.round(lenna.mesh[:, :2]).astype(int)
+    assert lenna.seen[mesh[:, 1], mesh[:, 0]].all()
 
 
 def test_free_albedo_starts_at_the_mean_texture_in_the_photos_skin_colour(pipeline, ict_model, shared_dir):
